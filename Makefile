@@ -1,0 +1,43 @@
+# mailportal: `make run` (try it locally) and `make test` (the whole suite) do all set-up.
+# Only Python 3.11+ is needed: no root, no apt, no Redis, no PostgreSQL.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint install bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install only when the dependency list changes.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	$(BIN)/python manage.py import_providers deploy/demo-providers.json
+	$(BIN)/python manage.py ensure_admin
+	$(BIN)/python manage.py runserver --noreload $(HOST):$(PORT)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python manage.py makemigrations --check --dry-run --verbosity 1
+	$(BIN)/python manage.py check --fail-level WARNING
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/autoconfig.py
+
+clean:
+	rm -rf $(VENV) var/static

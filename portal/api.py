@@ -1,0 +1,35 @@
+"""Shared DRF bits: the one exception handler that renders every error as {code, message}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from portal.errors import PortalError
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """PortalError -> its status and {code, message}; DRF's own errors in the same shape."""
+    if isinstance(exc, PortalError):
+        return Response(exc.as_dict(), status=exc.status)
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None  # an unexpected error: Django's 500 handling and logging take over
+    if isinstance(exc, exceptions.ValidationError):
+        response.data = {
+            "code": "invalid",
+            "message": "Some of the input is not valid.",
+            "fields": exc.detail,
+        }
+    elif isinstance(exc, exceptions.APIException):
+        codes = exc.get_codes()
+        response.data = {
+            "code": codes if isinstance(codes, str) else "error",
+            "message": str(exc.detail) if isinstance(exc.detail, str) else "Request refused.",
+        }
+    if response.status_code == status.HTTP_429_TOO_MANY_REQUESTS:
+        response.data["code"] = "rate_limited"
+    return response

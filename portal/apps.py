@@ -1,0 +1,10 @@
+"""App config for the project package (it holds shared commands and templates)."""
+
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class PortalConfig(AppConfig):
+    name = "portal"
+    verbose_name = "mailportal"

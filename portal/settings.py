@@ -1,0 +1,376 @@
+"""The only settings module: everything is configured by the environment (ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+# ---------------------------------------------------------------------------------------------
+# Environment helpers: strict, so that a typo in production fails at start instead of
+# silently meaning something else.
+# ---------------------------------------------------------------------------------------------
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var"
+
+_TRUE = {"1", "true", "on"}
+_FALSE = {"0", "false", "off", ""}
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default).strip()
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    """1/true/on or 0/false/off (any case); anything else ("yes", "enabled") is an error."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r}: use 1/true/on or 0/false/off")
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
+
+
+def env_networks(name: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    networks = []
+    for item in env_list(name):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=True))
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name}: {item!r} is not a network ({exc})") from exc
+    return networks
+
+
+def env_secret(name: str) -> str:
+    """A secret from NAME, or from the file named by NAME_FILE (for container secrets)."""
+    value = env_str(name)
+    file_name = env_str(f"{name}_FILE")
+    if value and file_name:
+        raise ImproperlyConfigured(f"set {name} or {name}_FILE, not both")
+    if file_name:
+        try:
+            return Path(file_name).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ImproperlyConfigured(f"{name}_FILE: cannot read {file_name}: {exc}") from exc
+    return value
+
+
+def env_url(name: str, default: str, schemes: set[str]) -> str:
+    value = env_str(name, default).rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.netloc:
+        raise ImproperlyConfigured(f"{name}={value!r}: expected a {'/'.join(sorted(schemes))} URL")
+    return value
+
+
+def generated_secret_key(path: Path) -> str:
+    """Create a random key once and keep it, so sessions survive restarts of `make run`."""
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(50)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(key)
+    return key
+
+
+def database_from_url(url: str) -> dict[str, object]:
+    """`postgres://user:pass@host:port/db?sslmode=...` or `sqlite:////absolute/path`."""
+    parts = urlsplit(url)
+    if parts.scheme in {"postgres", "postgresql"}:
+        name = unquote(parts.path.lstrip("/"))
+        if not name:
+            raise ImproperlyConfigured("DATABASE_URL: the PostgreSQL URL names no database")
+        options = dict(
+            pair.split("=", 1) for pair in parts.query.split("&") if "=" in pair
+        )
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": name,
+            "USER": unquote(parts.username or ""),
+            "PASSWORD": unquote(parts.password or ""),
+            "HOST": parts.hostname or "",
+            "PORT": str(parts.port or ""),
+            # Pooled connections would outlive gunicorn's fork; keep them per request but
+            # reuse them for a minute to spare the connection set-up.
+            "CONN_MAX_AGE": 60,
+            "CONN_HEALTH_CHECKS": True,
+            "OPTIONS": {"connect_timeout": 5, **options},
+        }
+    if parts.scheme == "sqlite":
+        # sqlite:////abs/path has the path "//abs/path"; sqlite:///rel is relative to BASE_DIR.
+        path = unquote(url[len("sqlite://") :])
+        if not path or path == "/":
+            raise ImproperlyConfigured("DATABASE_URL: the SQLite URL names no file")
+        name = path[1:] if path.startswith("//") else str(BASE_DIR / path.lstrip("/"))
+        return sqlite_database(Path(name))
+    raise ImproperlyConfigured(f"DATABASE_URL: unsupported scheme {parts.scheme!r}")
+
+
+def sqlite_database(path: Path) -> dict[str, object]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(path),
+        "OPTIONS": {
+            # Concurrent writers must queue, not fail: WAL lets readers run beside a writer,
+            # IMMEDIATE takes the write lock at BEGIN (so a transaction never fails half-way
+            # on lock upgrade), and the busy timeout makes the others wait for it.
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        },
+        "TEST": {"NAME": str(path.with_name(f"test_{path.name}"))},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Core Django
+# ---------------------------------------------------------------------------------------------
+
+DEBUG = env_bool("PORTAL_DEBUG", False)
+SECRET_KEY = env_secret("SECRET_KEY") or generated_secret_key(VAR_DIR / "secret_key")
+
+PORTAL_BASE_URL = env_url("PORTAL_BASE_URL", "http://127.0.0.1:8000", {"http", "https"})
+PORTAL_HTTPS = PORTAL_BASE_URL.startswith("https://")
+PORTAL_ALLOWED_HOSTS = env_list("PORTAL_ALLOWED_HOSTS", "127.0.0.1,localhost")
+PORTAL_TRUSTED_PROXIES = env_networks("PORTAL_TRUSTED_PROXIES")
+PORTAL_EGRESS_ALLOW = env_networks("PORTAL_EGRESS_ALLOW")
+
+# Which Host headers are accepted depends on the database (autoconfig.<domain> of every
+# provider domain), so Django's static check is opened here and the real check is made by
+# providers.middleware.HostCheckMiddleware, the first middleware: PORTAL_ALLOWED_HOSTS for
+# everything, provider domains for the autoconfig paths only.
+ALLOWED_HOSTS = ["*"]
+
+ROOT_URLCONF = "portal.urls"
+WSGI_APPLICATION = "portal.wsgi.application"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", "English"), ("de", "Deutsch")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = VAR_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Without collectstatic (tests, a developer's runserver) serve from the app folders directly.
+WHITENOISE_USE_FINDERS = True
+
+# ---------------------------------------------------------------------------------------------
+# Apps and middleware
+# ---------------------------------------------------------------------------------------------
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "portal",
+    "providers",
+    "accounts",
+    "pushproxy",
+]
+
+MIDDLEWARE = [
+    "providers.middleware.HostCheckMiddleware",
+    "portal.proxies.TrustedProxyMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# The push proxy's clients and our own tests hit the same URLs with and without the slash.
+APPEND_SLASH = True
+
+# ---------------------------------------------------------------------------------------------
+# Database
+# ---------------------------------------------------------------------------------------------
+
+_database_url = env_str("DATABASE_URL")
+DATABASES = {
+    "default": (
+        database_from_url(_database_url)
+        if _database_url
+        else sqlite_database(VAR_DIR / "mailportal.sqlite3")
+    )
+}
+
+# ---------------------------------------------------------------------------------------------
+# Cache and Celery. REDIS_URL decides, once, here: without it Celery runs tasks eagerly in
+# the calling process and the cache is local memory (one process, `make run`).
+# ---------------------------------------------------------------------------------------------
+
+HAS_REDIS = bool(env_str("REDIS_URL"))
+REDIS_URL = env_url("REDIS_URL", "", {"redis", "rediss"}) if HAS_REDIS else ""
+
+if HAS_REDIS:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "portal",
+            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+CELERY_BROKER_URL = REDIS_URL or "memory://"
+CELERY_RESULT_BACKEND = REDIS_URL or None
+CELERY_TASK_ALWAYS_EAGER = not HAS_REDIS
+CELERY_TASK_EAGER_PROPAGATES = not HAS_REDIS
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = 60
+CELERY_TASK_TIME_LIMIT = 90
+CELERY_RESULT_EXPIRES = 3600
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+
+# ---------------------------------------------------------------------------------------------
+# DRF and the OpenAPI schema
+# ---------------------------------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "portal.api.exception_handler",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "mailportal API",
+    "DESCRIPTION": "Provider list, suggestions, registration, account self-service, push proxy.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# ---------------------------------------------------------------------------------------------
+# Security headers. HTTPS-only settings follow the scheme of PORTAL_BASE_URL, so an https
+# deployment passes `check --deploy` and a loopback http origin still works.
+# ---------------------------------------------------------------------------------------------
+
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+CSRF_TRUSTED_ORIGINS = [PORTAL_BASE_URL]
+if PORTAL_HTTPS:
+    SECURE_SSL_REDIRECT = True
+    # Behind a TLS proxy the scheme arrives in X-Forwarded-Proto. That header is only
+    # believed from PORTAL_TRUSTED_PROXIES: portal.proxies.TrustedProxyMiddleware removes it
+    # from every other peer before SecurityMiddleware reads it.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = 31_536_000
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    # The preload directive only states consent; nothing is submitted to any list.
+    SECURE_HSTS_PRELOAD = True
+    # Health checks come from the load balancer over plain http.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+
+# ---------------------------------------------------------------------------------------------
+# Rate limits (django-ratelimit). Policies are named in portal/ratelimit.py.
+# ---------------------------------------------------------------------------------------------
+
+RATELIMIT_USE_CACHE = "default"
+RATELIMIT_VIEW = "portal.ratelimit.rate_limited"
+# Keys are computed by portal.proxies.client_ip (peer address, X-Forwarded-For only from a
+# trusted proxy, IPv6 grouped by /64), never by django-ratelimit's header options.
+RATELIMIT_IP_META_KEY = "portal.proxies.client_ip_for_ratelimit"
+
+# ---------------------------------------------------------------------------------------------
+# Mail-domain settings
+# ---------------------------------------------------------------------------------------------
+
+MAILBOX_BACKEND = env_str("MAILBOX_BACKEND", "sql")
+if MAILBOX_BACKEND not in {"sql", "command"}:
+    raise ImproperlyConfigured(f"MAILBOX_BACKEND={MAILBOX_BACKEND!r}: use 'sql' or 'command'")
+PUSHPROXY_ALLOW_PLAINTEXT = env_bool("PUSHPROXY_ALLOW_PLAINTEXT", False)
+PUSHPROXY_SEAL_KEY = env_secret("PUSHPROXY_SEAL_KEY")  # empty: derived from SECRET_KEY
+# Apple configuration profiles are signed when both files are given (PEM); see
+# docs/autoconfig.md. An addition to ARCHITECTURE.md's table, recorded there.
+PORTAL_MOBILECONFIG_CERT = env_str("PORTAL_MOBILECONFIG_CERT")
+PORTAL_MOBILECONFIG_KEY = env_str("PORTAL_MOBILECONFIG_KEY")
+if bool(PORTAL_MOBILECONFIG_CERT) != bool(PORTAL_MOBILECONFIG_KEY):
+    raise ImproperlyConfigured("set both PORTAL_MOBILECONFIG_CERT and PORTAL_MOBILECONFIG_KEY")
+
+# How long clients may cache an autoconfig document (it also carries an ETag).
+AUTOCONFIG_MAX_AGE = 3600
+# Largest Autodiscover request body we read; real ones are a few hundred bytes.
+AUTODISCOVER_MAX_BYTES = 16_384
+
+# ---------------------------------------------------------------------------------------------
+# Logging: one line per event on stderr; the process manager collects it.
+# ---------------------------------------------------------------------------------------------
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "line": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {
+        "stderr": {"class": "logging.StreamHandler", "formatter": "line"},
+    },
+    "root": {"handlers": ["stderr"], "level": "INFO"},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,428 @@
+"""Providers, their domains, their server settings and the suggestion-client allow-list."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models.functions import Lower
+from django.utils.translation import gettext_lazy as _
+
+from providers import autoconfig
+from providers.domains import DomainError, to_ascii, to_unicode
+
+USERNAME_PLACEHOLDERS = ("%EMAILADDRESS%", "%EMAILLOCALPART%", "%EMAILDOMAIN%")
+REGISTRATION_PLACEHOLDERS = ("{firstname}", "{lastname}", "{email}")
+_LANGUAGE_TAG = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+_COUNTRY_CODE = re.compile(r"^[A-Z]{2}$")
+# Ports where TLS starts at once (IMAPS, POP3S, SMTPS/submissions); STARTTLS or plain there
+# cannot work with any client, so the admin is told rather than the users.
+_IMPLICIT_TLS_PORTS = {993: "IMAPS", 995: "POP3S", 465: "SMTP submission over TLS"}
+
+
+class HostNameField(models.CharField):
+    """A domain or host name, normalised to lower-case A-labels when the model is cleaned."""
+
+    def __init__(self, *args: Any, what: str = "domain", **kwargs: Any) -> None:
+        self.what = what
+        kwargs.setdefault("max_length", 253)
+        super().__init__(*args, **kwargs)
+
+    def deconstruct(self) -> tuple[Any, ...]:
+        name, path, args, kwargs = super().deconstruct()
+        if self.what != "domain":
+            kwargs["what"] = self.what
+        return name, path, args, kwargs
+
+    def to_python(self, value: Any) -> Any:
+        value = super().to_python(value)
+        if not value:
+            return value
+        try:
+            return to_ascii(value, what=self.what)
+        except DomainError as exc:
+            raise ValidationError(str(exc), code="invalid") from exc
+
+
+def _split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+class Registration(models.TextChoices):
+    OPEN = "open", _("open to everyone")
+    TOKEN = "token", _("only with an onboarding token")
+    CLOSED = "closed", _("closed")
+
+
+class ProviderQuerySet(models.QuerySet["Provider"]):
+    def enabled(self) -> ProviderQuerySet:
+        return self.filter(enabled=True)
+
+    def serving_domain(self, domain: str) -> ProviderQuerySet:
+        """Providers (zero or one) owning `domain`, matched case-insensitively and IDN-aware."""
+        try:
+            ascii_name = to_ascii(domain)
+        except DomainError:
+            return self.none()
+        return self.filter(domains__name=ascii_name)
+
+
+class Provider(models.Model):
+    slug = models.SlugField(
+        unique=True, help_text=_("Short name used in URLs, e.g. /register/<slug>/.")
+    )
+    name = models.CharField(max_length=200, help_text=_("Shown to people, e.g. “Demo Mail”."))
+    short_name = models.CharField(max_length=60, help_text=_("Shown where space is short."))
+    enabled = models.BooleanField(
+        default=True,
+        help_text=_(
+            "Listed to mail clients and open for registration as configured. Autoconfig keeps "
+            "answering for a disabled provider: its existing users still need it."
+        ),
+    )
+    hosted = models.BooleanField(
+        default=True,
+        help_text=_(
+            "This portal creates the mailboxes (registration pages, suggestions, QR codes, "
+            "API). Off for a remote provider reached through its own URLs."
+        ),
+    )
+    registration = models.CharField(
+        max_length=10, choices=Registration.choices, default=Registration.OPEN
+    )
+    registration_url = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text=_(
+            "Remote providers only: the sign-up URL template with {firstname}, {lastname} "
+            "and {email}."
+        ),
+    )
+    suggestion_url = models.URLField(
+        max_length=500, blank=True, help_text=_("Remote providers only: its suggestion API.")
+    )
+    languages = models.CharField(
+        max_length=200, default="*", help_text=_("Locale tags separated by commas, or * for all.")
+    )
+    countries = models.CharField(
+        max_length=400,
+        default="*",
+        help_text=_("ISO 3166-1 country codes (DE, FR, …) separated by commas, or * for all."),
+    )
+    homepage = models.URLField(blank=True)
+    tos_url = models.URLField("terms of service URL", blank=True)
+    privacy_url = models.URLField("privacy policy URL", blank=True)
+    price = models.DecimalField(
+        max_digits=9,
+        decimal_places=2,
+        default=0,
+        validators=[MinValueValidator(0)],
+        help_text=_("Price per year; 0 means free."),
+    )
+    quota_mb = models.PositiveIntegerField(
+        "mailbox quota (MB)", default=1024, help_text=_("0 means no limit.")
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ProviderQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(registration__in=Registration.values),
+                name="provider_registration_valid",
+            ),
+            models.CheckConstraint(condition=models.Q(price__gte=0), name="provider_price_gte_0"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.slug})"
+
+    @property
+    def language_list(self) -> list[str]:
+        return _split(self.languages)
+
+    @property
+    def country_list(self) -> list[str]:
+        return _split(self.countries)
+
+    @property
+    def is_free(self) -> bool:
+        return self.price == 0
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        languages = self.language_list
+        if not languages:
+            errors["languages"] = _("Enter * or at least one language tag such as en or de-AT.")
+        elif any(tag != "*" and not _LANGUAGE_TAG.match(tag) for tag in languages):
+            errors["languages"] = _("Use language tags such as en, de or pt-BR, or * alone.")
+        countries = [code.upper() for code in self.country_list]
+        if not countries:
+            errors["countries"] = _("Enter * or at least one two-letter country code.")
+        elif any(code != "*" and not _COUNTRY_CODE.match(code) for code in countries):
+            errors["countries"] = _("Use two-letter ISO 3166-1 codes such as DE or FR, or *.")
+        else:
+            self.countries = ",".join(countries)
+        if self.hosted:
+            if self.registration_url:
+                errors["registration_url"] = _(
+                    "Leave empty for a hosted provider: people register on this portal."
+                )
+            if self.suggestion_url:
+                errors["suggestion_url"] = _(
+                    "Leave empty for a hosted provider: this portal makes the suggestions."
+                )
+        else:
+            if not self.registration_url:
+                errors["registration_url"] = _(
+                    "A remote provider needs its sign-up URL template, e.g. "
+                    "https://provider.example/signup?email={email}."
+                )
+            elif not re.match(r"^https?://[^/\s]+", self.registration_url):
+                errors["registration_url"] = _("Enter an http(s) URL.")
+            elif unknown := _unknown_placeholders(self.registration_url, "{", "}"):
+                errors["registration_url"] = _(
+                    "Unknown placeholder %(found)s; use {firstname}, {lastname} or {email}."
+                ) % {"found": ", ".join(unknown)}
+            if not self.suggestion_url:
+                errors["suggestion_url"] = _("A remote provider needs its suggestion API URL.")
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def primary_domain(self) -> str:
+        """The first domain (A-label): the provider's id in every client-facing format."""
+        domain = self.domains.first()
+        return domain.name if domain else ""
+
+    def autoconfig_info(self) -> autoconfig.ProviderInfo:
+        """This provider's settings as the pure document builders take them."""
+        domains = tuple(domain.name for domain in self.domains.all())
+        servers = list(self.servers.all())
+        return autoconfig.ProviderInfo(
+            id=domains[0] if domains else "",
+            domains=domains,
+            display_name=self.name,
+            display_short_name=self.short_name,
+            incoming=tuple(s.as_autoconfig() for s in servers if s.is_incoming),
+            outgoing=tuple(s.as_autoconfig() for s in servers if not s.is_incoming),
+            documentation_url=self.homepage,
+        )
+
+
+def _unknown_placeholders(template: str, start: str, end: str) -> list[str]:
+    pattern = re.escape(start) + r"[^" + re.escape(end) + r"\s]*" + re.escape(end)
+    known = REGISTRATION_PLACEHOLDERS if start == "{" else USERNAME_PLACEHOLDERS
+    return sorted({found for found in re.findall(pattern, template) if found not in known})
+
+
+class ProviderDomain(models.Model):
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="domains")
+    name = HostNameField(
+        "domain",
+        unique=True,
+        help_text=_("A mail domain, e.g. example.org. International names are fine."),
+    )
+    position = models.PositiveSmallIntegerField(
+        default=0, help_text=_("The first domain is the provider's main one.")
+    )
+
+    class Meta:
+        ordering = ["provider", "position", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(name=Lower("name")), name="providerdomain_name_lowercase"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.display_name
+
+    @property
+    def display_name(self) -> str:
+        return to_unicode(self.name)
+
+    def validate_unique(self, exclude: Any = None) -> None:
+        # Say who owns the domain instead of Django's generic "already exists".
+        owner = (
+            ProviderDomain.objects.filter(name=self.name)
+            .exclude(pk=self.pk)
+            .select_related("provider")
+            .first()
+        )
+        if owner is not None:
+            raise ValidationError(
+                {
+                    "name": _("%(domain)s already belongs to the provider %(provider)s.")
+                    % {"domain": self.display_name, "provider": owner.provider.name}
+                }
+            )
+        super().validate_unique(exclude=exclude)
+
+
+class ServerType(models.TextChoices):
+    IMAP = "imap", "IMAP"
+    POP3 = "pop3", "POP3"
+    SMTP = "smtp", "SMTP"
+
+
+class SocketType(models.TextChoices):
+    SSL = "SSL", _("SSL/TLS (TLS from the start)")
+    STARTTLS = "STARTTLS", "STARTTLS"
+    PLAIN = "plain", _("none (unencrypted)")
+
+
+class Authentication(models.TextChoices):
+    PASSWORD_CLEARTEXT = "password-cleartext", _("normal password")
+    PASSWORD_ENCRYPTED = "password-encrypted", _("encrypted password (CRAM-MD5)")
+    NTLM = "NTLM", "NTLM"
+    GSSAPI = "GSSAPI", "Kerberos / GSSAPI"
+    OAUTH2 = "OAuth2", "OAuth2"
+    CLIENT_IP = "client-IP-address", _("client IP address")
+    TLS_CLIENT_CERT = "TLS-client-cert", _("TLS client certificate")
+    NONE = "none", _("no authentication")
+
+
+INCOMING_TYPES = (ServerType.IMAP, ServerType.POP3)
+
+
+class ServerSetting(models.Model):
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="servers")
+    type = models.CharField(max_length=4, choices=ServerType.choices)
+    hostname = HostNameField(what="host name", help_text=_("e.g. imap.example.org"))
+    port = models.PositiveIntegerField(
+        validators=[MinValueValidator(1), MaxValueValidator(65535)],
+        help_text=_("IMAP: 993 (SSL/TLS) or 143 (STARTTLS). POP3: 995 or 110. SMTP: 465 or 587."),
+    )
+    socket_type = models.CharField(
+        "connection security", max_length=8, choices=SocketType.choices, default=SocketType.SSL
+    )
+    authentication = models.CharField(
+        max_length=20, choices=Authentication.choices, default=Authentication.PASSWORD_CLEARTEXT
+    )
+    username = models.CharField(
+        "user name",
+        max_length=255,
+        default="%EMAILADDRESS%",
+        help_text=_(
+            "What the mail client logs in with: %EMAILADDRESS% (the full address), "
+            "%EMAILLOCALPART% (the part before @) or %EMAILDOMAIN%."
+        ),
+    )
+    position = models.PositiveSmallIntegerField(
+        default=0, help_text=_("Lower comes first: clients prefer the first incoming server.")
+    )
+
+    class Meta:
+        ordering = ["provider", "position", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(port__gte=1, port__lte=65535), name="serversetting_port_range"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(type__in=ServerType.values), name="serversetting_type_valid"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(socket_type__in=SocketType.values),
+                name="serversetting_socket_type_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(authentication__in=Authentication.values),
+                name="serversetting_authentication_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_type_display()} {to_unicode(self.hostname)}:{self.port}"
+
+    @property
+    def is_incoming(self) -> bool:
+        return self.type in INCOMING_TYPES
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        service = _IMPLICIT_TLS_PORTS.get(self.port or 0)
+        if service and self.socket_type != SocketType.SSL:
+            errors["socket_type"] = _(
+                "Port %(port)s is %(service)s, where TLS starts at once: choose SSL/TLS, or "
+                "use the STARTTLS port instead."
+            ) % {"port": self.port, "service": service}
+        if unknown := _unknown_placeholders(self.username or "", "%", "%"):
+            errors["username"] = _(
+                "Unknown placeholder %(found)s; use %%EMAILADDRESS%%, %%EMAILLOCALPART%% or "
+                "%%EMAILDOMAIN%%."
+            ) % {"found": ", ".join(unknown)}
+        if self.username and any(ord(char) < 32 for char in self.username):
+            errors["username"] = _("The user name cannot contain control characters.")
+        if errors:
+            raise ValidationError(errors)
+
+    def as_autoconfig(self) -> autoconfig.Server:
+        return autoconfig.Server(
+            type=self.type,
+            hostname=self.hostname,
+            port=self.port,
+            socket_type=self.socket_type,
+            authentication=self.authentication,
+            username=self.username,
+        )
+
+
+class SuggestionClient(models.Model):
+    """A network allowed to call this portal's suggestion engine (/providers/<slug>/suggest)."""
+
+    network = models.CharField(
+        max_length=43, help_text=_("An address or network, e.g. 192.0.2.10 or 2001:db8::/48.")
+    )
+    provider = models.ForeignKey(
+        Provider,
+        on_delete=models.CASCADE,
+        related_name="suggestion_clients",
+        null=True,
+        blank=True,
+        help_text=_("Empty: allowed for every hosted provider."),
+    )
+    note = models.CharField(max_length=200, blank=True, help_text=_("Who this is."))
+
+    class Meta:
+        ordering = ["network"]
+        constraints = [
+            # Two partial constraints because NULLs are distinct in a plain unique index.
+            models.UniqueConstraint(
+                fields=["network"],
+                condition=models.Q(provider__isnull=True),
+                name="suggestionclient_global_network_unique",
+            ),
+            models.UniqueConstraint(
+                fields=["network", "provider"],
+                condition=models.Q(provider__isnull=False),
+                name="suggestionclient_provider_network_unique",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.network
+
+    def clean(self) -> None:
+        try:
+            network = ipaddress.ip_network((self.network or "").strip(), strict=True)
+        except ValueError as exc:
+            raise ValidationError({"network": _network_error(self.network or "", exc)}) from exc
+        self.network = str(network)
+
+
+def _network_error(value: str, exc: ValueError) -> str:
+    if "host bits set" in str(exc):
+        fixed = ipaddress.ip_network(value.strip(), strict=False)
+        return str(_("%(value)s has host bits set; did you mean %(fixed)s?")) % {
+            "value": value,
+            "fixed": fixed,
+        }
+    return str(_("%(value)s is not an IP address or network.")) % {"value": value}

@@ -1,0 +1,19 @@
+"""URLs of providers: the autoconfig documents (the registration pages arrive later)."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from providers import views
+
+urlpatterns = [
+    path(
+        ".well-known/autoconfig/mail/config-v1.1.xml",
+        views.thunderbird_autoconfig,
+        name="autoconfig-wellknown",
+    ),
+    path("mail/config-v1.1.xml", views.thunderbird_autoconfig, name="autoconfig"),
+    path("autodiscover/autodiscover.xml", views.autodiscover, name="autodiscover"),
+    path("Autodiscover/Autodiscover.xml", views.autodiscover),
+    path("mobileconfig", views.mobileconfig, name="mobileconfig"),
+]
