@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 from django import forms
 from django.contrib import admin
 from django.core.exceptions import ValidationError
+from django.db import models
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
@@ -176,6 +177,8 @@ class ProviderAdmin(admin.ModelAdmin):
     list_filter = ["enabled", "hosted", "registration"]
     search_fields = ["name", "short_name", "slug", "domains__name"]
     prepopulated_fields = {"slug": ["name"]}
+    # "example.org/tos" typed without a scheme means https (Django 6's default too).
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     readonly_fields = ["preview", "created_at", "updated_at"]
     inlines = [DomainInline, IncomingServerInline, OutgoingServerInline, SuggestionClientInline]
     fieldsets = [
