@@ -94,9 +94,7 @@ def database_from_url(url: str) -> dict[str, object]:
         name = unquote(parts.path.lstrip("/"))
         if not name:
             raise ImproperlyConfigured("DATABASE_URL: the PostgreSQL URL names no database")
-        options = dict(
-            pair.split("=", 1) for pair in parts.query.split("&") if "=" in pair
-        )
+        options = dict(pair.split("=", 1) for pair in parts.query.split("&") if "=" in pair)
         return {
             "ENGINE": "django.db.backends.postgresql",
             "NAME": name,

@@ -43,5 +43,6 @@ def healthz(request: HttpRequest) -> JsonResponse:
     else:
         checks["redis"] = "not configured"
     healthy = "down" not in checks.values()
-    return JsonResponse({"status": "ok" if healthy else "down", **checks},
-                        status=200 if healthy else 503)
+    return JsonResponse(
+        {"status": "ok" if healthy else "down", **checks}, status=200 if healthy else 503
+    )

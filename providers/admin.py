@@ -102,8 +102,15 @@ class IncomingServerForm(_UnicodeNameForm):
 
     class Meta:
         model = ServerSetting
-        fields = ["type", "hostname", "port", "socket_type", "authentication", "username",
-                  "position"]
+        fields = [
+            "type",
+            "hostname",
+            "port",
+            "socket_type",
+            "authentication",
+            "username",
+            "position",
+        ]
 
 
 class OutgoingServerForm(_UnicodeNameForm):

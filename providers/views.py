@@ -45,7 +45,9 @@ def _requested_domain(request: HttpRequest, address: str | None) -> str | None:
     return documents.provider_for_host(host)
 
 
-def _cacheable(request: HttpRequest, document: documents.Document, content_type: str) -> HttpResponse:
+def _cacheable(
+    request: HttpRequest, document: documents.Document, content_type: str
+) -> HttpResponse:
     if document.etag in _etags(request.headers.get("If-None-Match", "")):
         response = HttpResponse(status=304)
     else:

@@ -85,9 +85,7 @@ def _current_version() -> str | None:
 
 def _load(version: str) -> _Snapshot:
     provider_by_domain = dict(ProviderDomain.objects.values_list("name", "provider_id"))
-    hosts = frozenset(
-        prefix + domain for domain in provider_by_domain for prefix in HOST_PREFIXES
-    )
+    hosts = frozenset(prefix + domain for domain in provider_by_domain for prefix in HOST_PREFIXES)
     return _Snapshot(version, time.monotonic(), provider_by_domain, hosts)
 
 

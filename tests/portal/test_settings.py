@@ -15,18 +15,22 @@ from portal import settings as portal_settings
 BASE_DIR = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize(("raw", "expected"), [("1", True), ("TRUE", True), ("on", True),
-                                               ("0", False), ("false", False), ("", False)])
-def test_env_bool_reads_the_accepted_spellings(monkeypatch: pytest.MonkeyPatch, raw: str,
-                                               expected: bool) -> None:
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("1", True), ("TRUE", True), ("on", True), ("0", False), ("false", False), ("", False)],
+)
+def test_env_bool_reads_the_accepted_spellings(
+    monkeypatch: pytest.MonkeyPatch, raw: str, expected: bool
+) -> None:
     monkeypatch.setenv("PORTAL_X", raw)
 
     assert portal_settings.env_bool("PORTAL_X") is expected
 
 
 @pytest.mark.parametrize("raw", ["yes", "enabled", "2"])
-def test_env_bool_refuses_other_words_naming_the_variable(monkeypatch: pytest.MonkeyPatch,
-                                                          raw: str) -> None:
+def test_env_bool_refuses_other_words_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
     monkeypatch.setenv("PORTAL_X", raw)
 
     with pytest.raises(ImproperlyConfigured, match="PORTAL_X"):
@@ -40,8 +44,7 @@ def test_env_networks_refuses_a_non_network(monkeypatch: pytest.MonkeyPatch) -> 
         portal_settings.env_networks("PORTAL_TRUSTED_PROXIES")
 
 
-def test_env_secret_reads_the_file_variant(monkeypatch: pytest.MonkeyPatch,
-                                           tmp_path: Path) -> None:
+def test_env_secret_reads_the_file_variant(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     secret_file = tmp_path / "seal"
     secret_file.write_text("s3cret\n")
     monkeypatch.setenv("PUSHPROXY_SEAL_KEY_FILE", str(secret_file))
@@ -77,26 +80,35 @@ def test_database_url_reads_absolute_sqlite_form(tmp_path: Path) -> None:
     assert config["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
 
 
-@pytest.mark.parametrize("url", ["mysql://root@localhost/x", "postgres://host:5432/",
-                                 "sqlite://"])
+@pytest.mark.parametrize("url", ["mysql://root@localhost/x", "postgres://host:5432/", "sqlite://"])
 def test_database_url_refuses_unusable_forms(url: str) -> None:
     with pytest.raises(ImproperlyConfigured, match="DATABASE_URL"):
         portal_settings.database_from_url(url)
 
 
 def run_manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith(("PORTAL_", "PUSHPROXY_", "MAILBOX_"))}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PORTAL_", "PUSHPROXY_", "MAILBOX_"))
+    }
     return subprocess.run(
         [sys.executable, "manage.py", *args],
-        cwd=BASE_DIR, env={**clean, **env}, capture_output=True, text=True, timeout=120,
+        cwd=BASE_DIR,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
 def test_production_settings_pass_deploy_check() -> None:
     # RELIABILITY.md check 27: no security warning with an https origin.
     result = run_manage(
-        "check", "--deploy", "--fail-level", "WARNING",
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
         env={
             "PORTAL_BASE_URL": "https://portal.example.net",
             "PORTAL_ALLOWED_HOSTS": "portal.example.net",

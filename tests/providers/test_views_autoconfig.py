@@ -43,7 +43,7 @@ def provider(make_provider: Any) -> Any:
                 "authentication": "password-encrypted",
             },
         ),
-        name="Example <Mail> & \"Co\" ]]>",
+        name='Example <Mail> & "Co" ]]>',
         short_name="Exämple",
         slug="example",
     )
@@ -59,10 +59,12 @@ def servers_of(root: Any) -> list[dict[str, str]]:
     return result
 
 
-@pytest.mark.parametrize("path", ["/.well-known/autoconfig/mail/config-v1.1.xml",
-                                  "/mail/config-v1.1.xml"])
-def test_clientconfig_carries_exactly_the_admin_settings(client: Any, provider: Any,
-                                                         path: str) -> None:
+@pytest.mark.parametrize(
+    "path", ["/.well-known/autoconfig/mail/config-v1.1.xml", "/mail/config-v1.1.xml"]
+)
+def test_clientconfig_carries_exactly_the_admin_settings(
+    client: Any, provider: Any, path: str
+) -> None:
     response = client.get(path, {"emailaddress": "juliet@example.org"})
 
     assert response.status_code == HTTPStatus.OK
@@ -75,17 +77,33 @@ def test_clientconfig_carries_exactly_the_admin_settings(client: Any, provider: 
         "example.org",
         "xn--bcher-kva.example",
     ]
-    assert email_provider.findtext("displayName") == "Example <Mail> & \"Co\" ]]>"
+    assert email_provider.findtext("displayName") == 'Example <Mail> & "Co" ]]>'
     assert email_provider.findtext("displayShortName") == "Exämple"
     assert servers_of(root) == [
-        {"type": "imap", "hostname": "imap.example.org", "port": "993", "socketType": "SSL",
-         "authentication": "password-cleartext", "username": "%EMAILADDRESS%"},
-        {"type": "pop3", "hostname": "pop.example.org", "port": "110",
-         "socketType": "STARTTLS", "authentication": "password-cleartext",
-         "username": "%EMAILLOCALPART%"},
-        {"type": "smtp", "hostname": "smtp.example.org", "port": "587",
-         "socketType": "STARTTLS", "authentication": "password-encrypted",
-         "username": "%EMAILADDRESS%"},
+        {
+            "type": "imap",
+            "hostname": "imap.example.org",
+            "port": "993",
+            "socketType": "SSL",
+            "authentication": "password-cleartext",
+            "username": "%EMAILADDRESS%",
+        },
+        {
+            "type": "pop3",
+            "hostname": "pop.example.org",
+            "port": "110",
+            "socketType": "STARTTLS",
+            "authentication": "password-cleartext",
+            "username": "%EMAILLOCALPART%",
+        },
+        {
+            "type": "smtp",
+            "hostname": "smtp.example.org",
+            "port": "587",
+            "socketType": "STARTTLS",
+            "authentication": "password-encrypted",
+            "username": "%EMAILADDRESS%",
+        },
     ]
 
 
@@ -97,10 +115,18 @@ def test_clientconfig_matches_idn_domain_in_either_form(client: Any, provider: A
     assert unicode_form.content == ascii_form.content
 
 
-@pytest.mark.parametrize("host", ["autoconfig.example.org", "example.org",
-                                  "autoconfig.xn--bcher-kva.example", "EXAMPLE.ORG:443"])
-def test_clientconfig_takes_domain_from_host_without_query(client: Any, provider: Any,
-                                                           host: str) -> None:
+@pytest.mark.parametrize(
+    "host",
+    [
+        "autoconfig.example.org",
+        "example.org",
+        "autoconfig.xn--bcher-kva.example",
+        "EXAMPLE.ORG:443",
+    ],
+)
+def test_clientconfig_takes_domain_from_host_without_query(
+    client: Any, provider: Any, host: str
+) -> None:
     response = client.get("/.well-known/autoconfig/mail/config-v1.1.xml", HTTP_HOST=host)
 
     assert response.status_code == HTTPStatus.OK
@@ -113,10 +139,12 @@ def test_clientconfig_answers_404_for_unknown_domain(client: Any, provider: Any)
     assert response.status_code == HTTPStatus.NOT_FOUND
 
 
-@pytest.mark.parametrize("address", ["no-at-sign", "@example.org", "a@-bad-.example",
-                                     "a@exa mple.org"])
-def test_clientconfig_answers_400_for_malformed_address(client: Any, provider: Any,
-                                                        address: str) -> None:
+@pytest.mark.parametrize(
+    "address", ["no-at-sign", "@example.org", "a@-bad-.example", "a@exa mple.org"]
+)
+def test_clientconfig_answers_400_for_malformed_address(
+    client: Any, provider: Any, address: str
+) -> None:
     response = client.get("/mail/config-v1.1.xml", {"emailaddress": address})
 
     assert response.status_code == HTTPStatus.BAD_REQUEST
@@ -124,8 +152,9 @@ def test_clientconfig_answers_400_for_malformed_address(client: Any, provider: A
 
 def test_clientconfig_is_cacheable_with_etag_and_304(client: Any, provider: Any) -> None:
     first = client.get("/mail/config-v1.1.xml", {"emailaddress": "a@example.org"})
-    again = client.get("/mail/config-v1.1.xml", {"emailaddress": "a@example.org"},
-                       HTTP_IF_NONE_MATCH=first["ETag"])
+    again = client.get(
+        "/mail/config-v1.1.xml", {"emailaddress": "a@example.org"}, HTTP_IF_NONE_MATCH=first["ETag"]
+    )
 
     assert "public" in first["Cache-Control"]
     assert "max-age=3600" in first["Cache-Control"]
@@ -140,16 +169,20 @@ def test_clientconfig_follows_an_admin_edit_without_restart(client: Any, provide
     server.port = 1993
     server.save(update_fields=["port"])
 
-    after = client.get("/mail/config-v1.1.xml", {"emailaddress": "a@example.org"},
-                       HTTP_IF_NONE_MATCH=before["ETag"])
+    after = client.get(
+        "/mail/config-v1.1.xml",
+        {"emailaddress": "a@example.org"},
+        HTTP_IF_NONE_MATCH=before["ETag"],
+    )
 
     assert after.status_code == HTTPStatus.OK
     assert after["ETag"] != before["ETag"]
     assert servers_of(SafeET.fromstring(after.content))[0]["port"] == "1993"
 
 
-def test_new_provider_domain_passes_host_check_without_restart(client: Any,
-                                                               make_provider: Any) -> None:
+def test_new_provider_domain_passes_host_check_without_restart(
+    client: Any, make_provider: Any
+) -> None:
     refused = client.get("/mail/config-v1.1.xml", HTTP_HOST="autoconfig.later.example")
     make_provider(domains=("later.example",), slug="later")
     accepted = client.get("/mail/config-v1.1.xml", HTTP_HOST="autoconfig.later.example")
@@ -159,8 +192,9 @@ def test_new_provider_domain_passes_host_check_without_restart(client: Any,
 
 
 @pytest.mark.parametrize("path", ["/admin/login/", "/api/schema/", "/healthz"])
-def test_provider_host_is_refused_outside_autoconfig_paths(client: Any, provider: Any,
-                                                           path: str) -> None:
+def test_provider_host_is_refused_outside_autoconfig_paths(
+    client: Any, provider: Any, path: str
+) -> None:
     response = client.get(path, HTTP_HOST="autoconfig.example.org")
 
     assert response.status_code == HTTPStatus.BAD_REQUEST
@@ -172,18 +206,24 @@ def test_unknown_host_is_refused(client: Any, provider: Any) -> None:
     assert response.status_code == HTTPStatus.BAD_REQUEST
 
 
-@pytest.mark.parametrize("path", ["/autodiscover/autodiscover.xml",
-                                  "/Autodiscover/Autodiscover.xml"])
+@pytest.mark.parametrize(
+    "path", ["/autodiscover/autodiscover.xml", "/Autodiscover/Autodiscover.xml"]
+)
 def test_autodiscover_post_lists_every_server(client: Any, provider: Any, path: str) -> None:
-    response = client.post(path, AUTODISCOVER_REQUEST, content_type="text/xml",
-                           HTTP_HOST="autodiscover.example.org")
+    response = client.post(
+        path, AUTODISCOVER_REQUEST, content_type="text/xml", HTTP_HOST="autodiscover.example.org"
+    )
 
     assert response.status_code == HTTPStatus.OK
     assert response["Content-Type"] == "text/xml; charset=utf-8"
     protocols = SafeET.fromstring(response.content).iter(f"{RESPONSE_NS}Protocol")
     found = [
-        (p.findtext(f"{RESPONSE_NS}Type"), p.findtext(f"{RESPONSE_NS}Server"),
-         p.findtext(f"{RESPONSE_NS}Port"), p.findtext(f"{RESPONSE_NS}LoginName"))
+        (
+            p.findtext(f"{RESPONSE_NS}Type"),
+            p.findtext(f"{RESPONSE_NS}Server"),
+            p.findtext(f"{RESPONSE_NS}Port"),
+            p.findtext(f"{RESPONSE_NS}LoginName"),
+        )
         for p in protocols
     ]
     assert found == [
@@ -193,8 +233,7 @@ def test_autodiscover_post_lists_every_server(client: Any, provider: Any, path: 
     ]
 
 
-def test_autodiscover_get_without_query_answers_for_host_domain(client: Any,
-                                                                provider: Any) -> None:
+def test_autodiscover_get_without_query_answers_for_host_domain(client: Any, provider: Any) -> None:
     # Delta Chat asks https://<domain>/autodiscover/autodiscover.xml by GET, no hints.
     response = client.get("/autodiscover/autodiscover.xml", HTTP_HOST="example.org")
 
@@ -221,10 +260,12 @@ HOSTILE_BODIES = {
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_BODIES))
-def test_autodiscover_refuses_hostile_request_with_400(client: Any, provider: Any,
-                                                       name: str) -> None:
-    response = client.post("/autodiscover/autodiscover.xml", HOSTILE_BODIES[name],
-                           content_type="text/xml")
+def test_autodiscover_refuses_hostile_request_with_400(
+    client: Any, provider: Any, name: str
+) -> None:
+    response = client.post(
+        "/autodiscover/autodiscover.xml", HOSTILE_BODIES[name], content_type="text/xml"
+    )
 
     assert response.status_code == HTTPStatus.BAD_REQUEST
     assert b"root:" not in response.content  # nothing of /etc/passwd
@@ -246,10 +287,15 @@ def test_mobileconfig_is_a_plist_for_the_address(client: Any, provider: Any) -> 
     assert payload["OutgoingMailServerPortNumber"] == 587
 
 
-@pytest.mark.parametrize(("query", "status"), [({}, HTTPStatus.BAD_REQUEST),
-                                               ({"emailaddress": "x"}, HTTPStatus.BAD_REQUEST),
-                                               ({"emailaddress": "a@nowhere.example"},
-                                                HTTPStatus.NOT_FOUND)])
-def test_mobileconfig_refuses_bad_queries(client: Any, provider: Any, query: dict[str, str],
-                                          status: HTTPStatus) -> None:
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        ({}, HTTPStatus.BAD_REQUEST),
+        ({"emailaddress": "x"}, HTTPStatus.BAD_REQUEST),
+        ({"emailaddress": "a@nowhere.example"}, HTTPStatus.NOT_FOUND),
+    ],
+)
+def test_mobileconfig_refuses_bad_queries(
+    client: Any, provider: Any, query: dict[str, str], status: HTTPStatus
+) -> None:
     assert client.get("/mobileconfig", query).status_code == status
