@@ -18,7 +18,7 @@ def _database_ok() -> bool:
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-            return cursor.fetchone() == (1,)
+            return bool(cursor.fetchone() == (1,))
     except Exception:  # any driver error means "not reachable" to a load balancer
         logger.warning("healthz: database unreachable", exc_info=True)
         return False
@@ -27,7 +27,7 @@ def _database_ok() -> bool:
 def _redis_ok() -> bool:
     try:
         cache.set("healthz", "ok", timeout=10)
-        return cache.get("healthz") == "ok"
+        return bool(cache.get("healthz") == "ok")
     except Exception:  # redis-py raises several unrelated types for "down"
         logger.warning("healthz: redis unreachable", exc_info=True)
         return False

@@ -50,11 +50,13 @@ class _RequiredRowsFormSet(forms.BaseInlineFormSet):
     missing_message = ""
 
     def rows_left(self) -> int:
-        return sum(
-            1
-            for form in self.forms
-            if form.has_changed() or form.instance.pk
-            if not self._should_delete_form(form)
+        deleted = set(map(id, self.deleted_forms)) if self.can_delete else set()
+        return len(
+            [
+                form
+                for form in self.forms
+                if (form.has_changed() or form.instance.pk) and id(form) not in deleted
+            ]
         )
 
     def required(self) -> bool:
@@ -214,12 +216,13 @@ class ProviderAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Provider]:
         # One query for the server counts and one for the domains, not one per row.
-        return (
+        queryset: QuerySet[Provider] = (
             super()
             .get_queryset(request)
             .annotate(server_total=Count("servers", distinct=True))
             .prefetch_related("domains")
         )
+        return queryset
 
     @admin.display(description=_("main domain"))
     def main_domain(self, provider: Provider) -> str:

@@ -31,7 +31,9 @@ class HostCheckMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        raw_host = request._get_raw_host()
+        # The Host header as sent (X-Forwarded-Host is never believed: USE_X_FORWARDED_HOST
+        # is off); the test client and some WSGI servers give only SERVER_NAME.
+        raw_host = request.META.get("HTTP_HOST") or request.META.get("SERVER_NAME", "")
         domain, _port = split_domain_port(raw_host)
         if not domain or not (
             validate_host(domain, settings.PORTAL_ALLOWED_HOSTS)

@@ -157,7 +157,7 @@ class Provider(models.Model):
         return self.price == 0
 
     def clean(self) -> None:
-        errors: dict[str, str] = {}
+        errors: dict[str, Any] = {}
         languages = self.language_list
         if not languages:
             errors["languages"] = _("Enter * or at least one language tag such as en or de-AT.")
@@ -347,7 +347,7 @@ class ServerSetting(models.Model):
         return self.type in INCOMING_TYPES
 
     def clean(self) -> None:
-        errors: dict[str, str] = {}
+        errors: dict[str, Any] = {}
         service = _IMPLICIT_TLS_PORTS.get(self.port or 0)
         if service and self.socket_type != SocketType.SSL:
             errors["socket_type"] = _(

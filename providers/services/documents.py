@@ -80,7 +80,7 @@ def _current_version() -> str | None:
     except Exception:
         logger.warning("provider catalog version unavailable; building uncached", exc_info=True)
         return None
-    return version
+    return str(version) if version is not None else None
 
 
 def _load(version: str) -> _Snapshot:
