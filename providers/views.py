@@ -121,6 +121,9 @@ def mobileconfig(request: HttpRequest) -> HttpResponse:
     info = documents.provider_info(domain) if domain else None
     if info is None:
         return _plain(404, "No provider is configured for this domain.")
+    # The profile's UUIDs derive from the address: normalise the domain so that
+    # "a@Example.ORG" and "a@example.org" get the same profile.
+    address = f"{address.rpartition('@')[0]}@{domain}"
     try:
         body = autoconfig.mobileconfig(info, address, signer=_mobileconfig_signer())
     except ValueError as exc:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import plistlib
 import select
 import shutil
 import socket
 import subprocess
-import sys
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import ModuleType
 
 import defusedxml.ElementTree as DET
 import pytest
@@ -35,21 +33,6 @@ OUTLOOK_NS = "http://schemas.microsoft.com/exchange/autodiscover/outlook/respons
 CANARY = "s3cret & <more>"
 HOSTILE = "<b> & \"quoted\" 'single' ]]> Grüße 📬"
 XML_ILLEGAL = ["\x00", "\x08", "\x0b", "\x0c", "\x1f", "\ud800", "\udfff", "\ufffe", "\uffff"]
-
-
-def _load_validator() -> ModuleType:
-    # Loaded by path: tests/ is not a package, and this must work under any pytest import mode.
-    path = Path(__file__).with_name("clientconfig_validator.py")
-    spec = importlib.util.spec_from_file_location("clientconfig_validator", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-validator = _load_validator()
 
 
 def make_server(**overrides: object) -> Server:
@@ -199,7 +182,9 @@ def test_client_config_fills_every_server_when_credentials_given() -> None:
     assert_golden("config-v1.1-credentials.xml", document)
 
 
-def test_client_config_documents_pass_our_validator() -> None:
+def test_client_config_documents_pass_our_validator(
+    validate_clientconfig: Callable[[bytes], list[str]],
+) -> None:
     credentials = Credentials("alice@example.org", CANARY)
     for document in (
         autoconfig.client_config(make_provider()),
@@ -207,10 +192,12 @@ def test_client_config_documents_pass_our_validator() -> None:
         autoconfig.client_config(make_provider(documentation_url="", incoming=(make_server(),))),
         (DATA / "config-v1.1.xml").read_bytes(),
     ):
-        assert validator.validate(document) == []
+        assert validate_clientconfig(document) == []
 
 
-def test_client_config_round_trips_hostile_values() -> None:
+def test_client_config_round_trips_hostile_values(
+    validate_clientconfig: Callable[[bytes], list[str]],
+) -> None:
     info = make_provider(
         display_name=HOSTILE,
         display_short_name="]]>&<",
@@ -223,7 +210,7 @@ def test_client_config_round_trips_hostile_values() -> None:
     assert provider.findtext("displayShortName") == "]]>&<"
     assert servers_of(document)[0]["username"] == f"%EMAILLOCALPART%{HOSTILE}"
     assert "Grüße 📬".encode() in document  # UTF-8 as declared, not character references
-    assert validator.validate(document) == []
+    assert validate_clientconfig(document) == []
 
     credentials = Credentials(username=f"ü{HOSTILE}", password=f"\t{HOSTILE}\r\n ")
     for server in servers_of(autoconfig.client_config(info, credentials)):
@@ -349,23 +336,29 @@ def test_client_config_raises_value_error_on_empty_credentials() -> None:
         (b'url="https://example.org/help"', b'url="javascript:alert(1)"'),
     ],
 )
-def test_validator_reports_problem_when_document_is_broken(old: bytes, new: bytes) -> None:
+def test_validator_reports_problem_when_document_is_broken(
+    old: bytes, new: bytes, validate_clientconfig: Callable[[bytes], list[str]]
+) -> None:
     golden = (DATA / "config-v1.1.xml").read_bytes()
     broken = golden.replace(old, new)
     assert broken != golden
-    assert validator.validate(broken) != []
+    assert validate_clientconfig(broken) != []
 
 
-def test_validator_reports_problem_when_document_is_not_xml() -> None:
-    assert validator.validate(b"<clientConfig version='1.1'>") != []
-    assert validator.validate(b'<!DOCTYPE x [<!ENTITY a "b">]><clientConfig/>') != []
+def test_validator_reports_problem_when_document_is_not_xml(
+    validate_clientconfig: Callable[[bytes], list[str]],
+) -> None:
+    assert validate_clientconfig(b"<clientConfig version='1.1'>") != []
+    assert validate_clientconfig(b'<!DOCTYPE x [<!ENTITY a "b">]><clientConfig/>') != []
 
 
 # --- error document -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("code", ["USER_BACK", "USER_CANCEL", "ERROR"])
-def test_error_document_carries_code_and_message(code: str) -> None:
+def test_error_document_carries_code_and_message(
+    code: str, validate_clientconfig: Callable[[bytes], list[str]]
+) -> None:
     document = autoconfig.error_document("example.org", code, HOSTILE)
     root = DET.fromstring(document)
     assert root.tag == "clientConfig"
@@ -378,7 +371,7 @@ def test_error_document_carries_code_and_message(code: str) -> None:
         ("emailProvider", None, None),
         ("error", code, HOSTILE),
     ]
-    assert validator.validate(document) == []
+    assert validate_clientconfig(document) == []
 
 
 def test_error_document_raises_value_error_on_unknown_code() -> None:
@@ -386,11 +379,13 @@ def test_error_document_raises_value_error_on_unknown_code() -> None:
         autoconfig.error_document("example.org", "USER_QUIT", "bye")
 
 
-def test_validator_reports_unknown_error_code() -> None:
+def test_validator_reports_unknown_error_code(
+    validate_clientconfig: Callable[[bytes], list[str]],
+) -> None:
     broken = autoconfig.error_document("example.org", "ERROR", "x").replace(
         b'code="ERROR"', b'code="NOPE"'
     )
-    assert validator.validate(broken) == ["error code 'NOPE' unknown"]
+    assert validate_clientconfig(broken) == ["error code 'NOPE' unknown"]
 
 
 # --- Autodiscover response ----------------------------------------------------------------

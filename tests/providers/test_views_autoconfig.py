@@ -63,11 +63,12 @@ def servers_of(root: Any) -> list[dict[str, str]]:
     "path", ["/.well-known/autoconfig/mail/config-v1.1.xml", "/mail/config-v1.1.xml"]
 )
 def test_clientconfig_carries_exactly_the_admin_settings(
-    client: Any, provider: Any, path: str
+    client: Any, provider: Any, path: str, validate_clientconfig: Any
 ) -> None:
     response = client.get(path, {"emailaddress": "juliet@example.org"})
 
     assert response.status_code == HTTPStatus.OK
+    assert validate_clientconfig(response.content) == []
     assert response["Content-Type"] == "text/xml; charset=utf-8"
     root = SafeET.fromstring(response.content)
     assert root.get("version") == "1.1"
@@ -299,3 +300,12 @@ def test_mobileconfig_refuses_bad_queries(
     client: Any, provider: Any, query: dict[str, str], status: HTTPStatus
 ) -> None:
     assert client.get("/mobileconfig", query).status_code == status
+
+
+def test_mobileconfig_is_the_same_profile_whatever_the_domain_case(
+    client: Any, provider: Any
+) -> None:
+    lower = client.get("/mobileconfig", {"emailaddress": "juliet@example.org"})
+    upper = client.get("/mobileconfig", {"emailaddress": "juliet@EXAMPLE.org"})
+
+    assert plistlib.loads(lower.content) == plistlib.loads(upper.content)
