@@ -18,6 +18,7 @@ from django.utils.translation import gettext_lazy as _
 from providers.domains import to_unicode
 from providers.models import (
     INCOMING_TYPES,
+    MISSING_PART_MESSAGES,
     Provider,
     ProviderDomain,
     ServerSetting,
@@ -45,9 +46,9 @@ class DomainForm(_UnicodeNameForm):
 
 
 class _RequiredRowsFormSet(forms.BaseInlineFormSet):
-    """An inline formset that insists on at least one remaining row."""
+    """An inline formset for one of the parts a provider needs (Provider.required_parts)."""
 
-    missing_message = ""
+    part = ""
 
     def rows_left(self) -> int:
         deleted = set(map(id, self.deleted_forms)) if self.can_delete else set()
@@ -59,19 +60,16 @@ class _RequiredRowsFormSet(forms.BaseInlineFormSet):
             ]
         )
 
-    def required(self) -> bool:
-        return True
-
     def clean(self) -> None:
         super().clean()
         if any(self.errors):
             return
-        if self.required() and self.rows_left() == 0:
-            raise ValidationError(self.missing_message)
+        if self.part in self.instance.required_parts() and self.rows_left() == 0:
+            raise ValidationError(MISSING_PART_MESSAGES[self.part])
 
 
 class DomainFormSet(_RequiredRowsFormSet):
-    missing_message = str(_("Add at least one domain: the first one is the provider's id."))
+    part = "domains"
 
 
 class DomainInline(admin.TabularInline):
@@ -82,18 +80,12 @@ class DomainInline(admin.TabularInline):
     min_num = 0
 
 
-class _ServerFormSet(_RequiredRowsFormSet):
-    def required(self) -> bool:
-        # Remote providers configure their own clients; hosted ones must say where mail is.
-        return bool(self.instance.hosted)
+class IncomingFormSet(_RequiredRowsFormSet):
+    part = "incoming"
 
 
-class IncomingFormSet(_ServerFormSet):
-    missing_message = str(_("A hosted provider needs at least one incoming (IMAP or POP3) server."))
-
-
-class OutgoingFormSet(_ServerFormSet):
-    missing_message = str(_("A hosted provider needs at least one outgoing (SMTP) server."))
+class OutgoingFormSet(_RequiredRowsFormSet):
+    part = "outgoing"
 
 
 class IncomingServerForm(_UnicodeNameForm):

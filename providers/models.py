@@ -48,8 +48,33 @@ class HostNameField(models.CharField):
             raise ValidationError(str(exc), code="invalid") from exc
 
 
+class NetworkField(models.CharField):
+    """An IP network in its shortest form (2001:db8::/48), normalised when cleaned."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max_length", 43)  # the longest shortest form: an IPv6 /128
+        super().__init__(*args, **kwargs)
+
+    def to_python(self, value: Any) -> Any:
+        value = super().to_python(value)
+        if not value:
+            return value
+        try:
+            return str(ipaddress.ip_network(value.strip(), strict=True))
+        except ValueError as exc:
+            raise ValidationError(_network_error(value, exc), code="invalid") from exc
+
+
 def _split(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+# What a provider cannot be without; the admin formsets and the import check these alike.
+MISSING_PART_MESSAGES = {
+    "domains": _("Add at least one domain: the first one is the provider's id."),
+    "incoming": _("A hosted provider needs at least one incoming (IMAP or POP3) server."),
+    "outgoing": _("A hosted provider needs at least one outgoing (SMTP) server."),
+}
 
 
 class Registration(models.TextChoices):
@@ -159,6 +184,7 @@ class Provider(models.Model):
     def clean(self) -> None:
         errors: dict[str, Any] = {}
         languages = self.language_list
+        self.languages = ",".join(languages)
         if not languages:
             errors["languages"] = _("Enter * or at least one language tag such as en or de-AT.")
         elif any(tag != "*" and not _LANGUAGE_TAG.match(tag) for tag in languages):
@@ -195,6 +221,13 @@ class Provider(models.Model):
                 errors["suggestion_url"] = _("A remote provider needs its suggestion API URL.")
         if errors:
             raise ValidationError(errors)
+
+    def required_parts(self) -> tuple[str, ...]:
+        """Which related rows (keys of MISSING_PART_MESSAGES) this provider needs one of.
+
+        Remote providers configure their own clients; hosted ones must say where mail is.
+        """
+        return ("domains", "incoming", "outgoing") if self.hosted else ("domains",)
 
     @property
     def primary_domain(self) -> str:
@@ -250,6 +283,9 @@ class ProviderDomain(models.Model):
         return to_unicode(self.name)
 
     def validate_unique(self, exclude: Any = None) -> None:
+        if exclude and "name" in exclude:
+            super().validate_unique(exclude=exclude)
+            return
         # Say who owns the domain instead of Django's generic "already exists".
         owner = (
             ProviderDomain.objects.filter(name=self.name)
@@ -378,9 +414,7 @@ class ServerSetting(models.Model):
 class SuggestionClient(models.Model):
     """A network allowed to call this portal's suggestion engine (/providers/<slug>/suggest)."""
 
-    network = models.CharField(
-        max_length=43, help_text=_("An address or network, e.g. 192.0.2.10 or 2001:db8::/48.")
-    )
+    network = NetworkField(help_text=_("An address or network, e.g. 192.0.2.10 or 2001:db8::/48."))
     provider = models.ForeignKey(
         Provider,
         on_delete=models.CASCADE,
@@ -408,14 +442,7 @@ class SuggestionClient(models.Model):
         ]
 
     def __str__(self) -> str:
-        return self.network
-
-    def clean(self) -> None:
-        try:
-            network = ipaddress.ip_network((self.network or "").strip(), strict=True)
-        except ValueError as exc:
-            raise ValidationError({"network": _network_error(self.network or "", exc)}) from exc
-        self.network = str(network)
+        return str(self.network)
 
 
 def _network_error(value: str, exc: ValueError) -> str:
