@@ -39,6 +39,16 @@ def env_bool(name: str, default: bool = False) -> bool:
     raise ImproperlyConfigured(f"{name}={raw!r}: use 1/true/on or 0/false/off")
 
 
+def env_int(name: str, default: int) -> int:
+    raw = env_str(name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r}: expected a whole number") from None
+
+
 def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
 
@@ -175,6 +185,17 @@ STORAGES = {
 }
 # Without collectstatic (tests, a developer's runserver) serve from the app folders directly.
 WHITENOISE_USE_FINDERS = True
+
+# Administrators' passwords (Django users). Mailbox passwords use accounts.passwords.
+PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
 
 # ---------------------------------------------------------------------------------------------
 # Apps and middleware
@@ -341,6 +362,12 @@ RATELIMIT_IP_META_KEY = "portal.proxies.client_ip_for_ratelimit"
 MAILBOX_BACKEND = env_str("MAILBOX_BACKEND", "sql")
 if MAILBOX_BACKEND not in {"sql", "command"}:
     raise ImproperlyConfigured(f"MAILBOX_BACKEND={MAILBOX_BACKEND!r}: use 'sql' or 'command'")
+# The `command` backend's program (split like a shell would; no shell runs) and how long it
+# may take before the account change is rolled back.
+MAILBOX_COMMAND = env_str("MAILBOX_COMMAND")
+MAILBOX_COMMAND_TIMEOUT = env_int("MAILBOX_COMMAND_TIMEOUT", 30)
+if MAILBOX_BACKEND == "command" and not MAILBOX_COMMAND:
+    raise ImproperlyConfigured("MAILBOX_BACKEND=command needs MAILBOX_COMMAND")
 PUSHPROXY_ALLOW_PLAINTEXT = env_bool("PUSHPROXY_ALLOW_PLAINTEXT", False)
 PUSHPROXY_SEAL_KEY = env_secret("PUSHPROXY_SEAL_KEY")  # empty: derived from SECRET_KEY
 # Apple configuration profiles are signed when both files are given (PEM); see

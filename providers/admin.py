@@ -195,10 +195,21 @@ class ProviderAdmin(admin.ModelAdmin):
                     "languages",
                     "countries",
                     "price",
-                    "quota_mb",
                     "homepage",
                     "tos_url",
                     "privacy_url",
+                ]
+            },
+        ),
+        (
+            _("Rules for new accounts"),
+            {
+                "fields": [
+                    "username_min_length",
+                    "username_max_length",
+                    "username_punctuation",
+                    "password_min_length",
+                    "quota_mb",
                 ]
             },
         ),

@@ -151,6 +151,34 @@ class Provider(models.Model):
     quota_mb = models.PositiveIntegerField(
         "mailbox quota (MB)", default=1024, help_text=_("0 means no limit.")
     )
+    username_min_length = models.PositiveSmallIntegerField(
+        "shortest user name",
+        default=3,
+        validators=[MinValueValidator(1), MaxValueValidator(64)],
+        help_text=_("Characters before the @ of a new address."),
+    )
+    username_max_length = models.PositiveSmallIntegerField(
+        "longest user name",
+        default=32,
+        validators=[MinValueValidator(1), MaxValueValidator(64)],
+        help_text=_("At most 64, the limit of RFC 5321."),
+    )
+    username_punctuation = models.CharField(
+        "punctuation allowed in user names",
+        max_length=3,
+        blank=True,
+        default=".-_",
+        help_text=_(
+            "Besides a-z and 0-9, any of . - _ (never first, last or twice in a row). "
+            "Empty: letters and digits only."
+        ),
+    )
+    password_min_length = models.PositiveSmallIntegerField(
+        "shortest password",
+        default=8,
+        validators=[MinValueValidator(8), MaxValueValidator(128)],
+        help_text=_("At least 8; common and name-like passwords are always refused."),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -164,6 +192,14 @@ class Provider(models.Model):
                 name="provider_registration_valid",
             ),
             models.CheckConstraint(condition=models.Q(price__gte=0), name="provider_price_gte_0"),
+            models.CheckConstraint(
+                condition=models.Q(username_min_length__lte=models.F("username_max_length")),
+                name="provider_username_lengths_ordered",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(password_min_length__gte=8),
+                name="provider_password_min_length_gte_8",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -196,6 +232,10 @@ class Provider(models.Model):
             errors["countries"] = _("Use two-letter ISO 3166-1 codes such as DE or FR, or *.")
         else:
             self.countries = ",".join(countries)
+        if (self.username_min_length or 0) > (self.username_max_length or 0):
+            errors["username_min_length"] = _("The shortest length is above the longest.")
+        if set(self.username_punctuation or "") - set(".-_"):
+            errors["username_punctuation"] = _("Only . - and _ can be allowed.")
         if self.hosted:
             if self.registration_url:
                 errors["registration_url"] = _(

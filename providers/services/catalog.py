@@ -111,7 +111,18 @@ _PROVIDER_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "privacyUrl": ("privacy_url", _string),
     "price": ("price", _price),
     "quotaMB": ("quota_mb", _whole_number),
+    # Extensions of specs/provider-config.md: rules for new accounts, exported when not default.
+    "usernameMinLength": ("username_min_length", _whole_number),
+    "usernameMaxLength": ("username_max_length", _whole_number),
+    "usernamePunctuation": ("username_punctuation", _string),
+    "passwordMinLength": ("password_min_length", _whole_number),
 }
+_ACCOUNT_RULE_KEYS = (
+    "usernameMinLength",
+    "usernameMaxLength",
+    "usernamePunctuation",
+    "passwordMinLength",
+)
 _SERVER_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "type": ("type", _string),
     "hostname": ("hostname", _string),
@@ -275,6 +286,10 @@ def _provider_to_json(provider: Provider) -> dict[str, Any]:
         "incoming": [_server_to_json(server) for server in servers if server.is_incoming],
         "outgoing": [_server_to_json(server) for server in servers if not server.is_incoming],
     }
+    for key in _ACCOUNT_RULE_KEYS:
+        name = _PROVIDER_KEYS[key][0]
+        if getattr(provider, name) != _model_field(Provider, name).get_default():
+            entry[key] = getattr(provider, name)
     if clients := [client.network for client in provider.suggestion_clients.all()]:
         entry["suggestionClients"] = clients
     return entry

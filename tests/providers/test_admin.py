@@ -50,6 +50,10 @@ def provider_form(
         "countries": "*",
         "price": "0",
         "quota_mb": "1024",
+        "username_min_length": "3",
+        "username_max_length": "32",
+        "username_punctuation": ".-_",
+        "password_min_length": "8",
         **fields,
     }
     data |= inline("domains", [{"name": d, "position": i} for i, d in enumerate(domains)])

@@ -1,0 +1,179 @@
+"""Mail accounts, their third-party IDs, reserved names and registration idempotency records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+from django.db.models.functions import Lower
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from providers.models import Provider, ProviderDomain
+
+
+class AccountStatus(models.TextChoices):
+    ACTIVE = "active", _("active")
+    DISABLED = "disabled", _("disabled")
+    PENDING = "pending", _("pending verification")
+
+
+class CreatedVia(models.TextChoices):
+    HOSTED_PAGE = "hosted", _("hosted registration page")
+    API = "api", _("registration API")
+    QR_TOKEN = "qr", _("QR onboarding token")
+    ADMIN = "admin", _("administrator")
+
+
+class MailAccountQuerySet(models.QuerySet["MailAccount"]):
+    def with_address(self, address: str) -> MailAccountQuerySet:
+        """The account (zero or one) of a normalised address local@domain (A-label)."""
+        local, _at, domain = address.rpartition("@")
+        return self.filter(local_part=local.lower(), domain__name=domain.lower())
+
+    def active(self) -> MailAccountQuerySet:
+        return self.filter(status=AccountStatus.ACTIVE)
+
+
+class MailAccount(models.Model):
+    """A mailbox of a hosted provider. The mail server reads it (see dovecot_users view)."""
+
+    domain = models.ForeignKey(ProviderDomain, on_delete=models.PROTECT, related_name="accounts")
+    # Stored lower-case (normalised by accounts.services.names): the address is unique
+    # case-insensitively, and the constraint below is on the lower-cased expression as well.
+    local_part = models.CharField("user name", max_length=64)
+    # A Django password-hasher string (argon2id, see accounts.passwords); never shown.
+    password = models.CharField(max_length=255, editable=False)
+    full_name = models.CharField(max_length=200, blank=True)
+    quota_mb = models.PositiveIntegerField(
+        "quota (MB)", null=True, blank=True, help_text=_("Empty: the provider's quota.")
+    )
+    status = models.CharField(
+        max_length=10, choices=AccountStatus.choices, default=AccountStatus.ACTIVE
+    )
+    created_via = models.CharField(max_length=10, choices=CreatedVia.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    password_changed_at = models.DateTimeField(default=timezone.now)
+
+    objects = MailAccountQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["domain__name", "local_part"]
+        constraints = [
+            models.UniqueConstraint(
+                Lower("local_part"), "domain", name="mailaccount_address_unique_ci"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(local_part=Lower("local_part")),
+                name="mailaccount_local_part_lowercase",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(status__in=AccountStatus.values), name="mailaccount_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(created_via__in=CreatedVia.values),
+                name="mailaccount_created_via_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.address
+
+    @property
+    def address(self) -> str:
+        return f"{self.local_part}@{self.domain.name}"
+
+    @property
+    def provider(self) -> Provider:
+        return self.domain.provider
+
+    @property
+    def effective_quota_mb(self) -> int:
+        return self.quota_mb if self.quota_mb is not None else self.domain.provider.quota_mb
+
+
+class ThirdPartyKind(models.TextChoices):
+    EMAIL = "email", _("email address")
+    MSISDN = "msisdn", _("phone number")
+
+
+class ThirdPartyID(models.Model):
+    """An email address or phone number of the account's owner (for recovery, verification)."""
+
+    account = models.ForeignKey(MailAccount, on_delete=models.CASCADE, related_name="third_pids")
+    kind = models.CharField(max_length=10, choices=ThirdPartyKind.choices)
+    # Normalised (accounts.services.names): lower-case address, or E.164 "+<digits>".
+    value = models.CharField(max_length=254)
+    verified_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["account", "kind", "value"]
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "value"], name="thirdpartyid_unique"),
+            models.CheckConstraint(
+                condition=models.Q(kind__in=ThirdPartyKind.values), name="thirdpartyid_kind_valid"
+            ),
+        ]
+        verbose_name = "third-party ID"
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value}"
+
+
+class VerificationCode(models.Model):
+    """A code sent to a third-party ID; only its hash is kept."""
+
+    third_pid = models.OneToOneField(
+        ThirdPartyID, on_delete=models.CASCADE, related_name="verification"
+    )
+    code_hash = models.CharField(max_length=64)
+    expires_at = models.DateTimeField()
+    attempts = models.PositiveSmallIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"verification of {self.third_pid}"
+
+
+class ReservedName(models.Model):
+    """A local part nobody may register, on any provider (besides the built-in list)."""
+
+    name = models.CharField(max_length=64, unique=True)
+    note = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(name=Lower("name")), name="reservedname_lowercase"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        self.name = (self.name or "").strip().lower()
+
+
+class RegistrationRequest(models.Model):
+    """Idempotency record of one in-band registration (specs/inband-registration.md).
+
+    Holds a hash of the request (never the password itself) and the first answer, which is
+    replayed to a retry with the same key within the retention period.
+    """
+
+    class State(models.TextChoices):
+        RUNNING = "running"
+        DONE = "done"
+
+    key = models.CharField(max_length=200, unique=True)
+    request_hash = models.CharField(max_length=64)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.RUNNING)
+    status_code = models.PositiveSmallIntegerField(null=True)
+    response: models.JSONField[Any, Any] = models.JSONField(null=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    def __str__(self) -> str:
+        return f"registration {self.key} ({self.state})"
