@@ -18,11 +18,13 @@ __all__ = ["BACKENDS", "MailboxBackend", "MailboxError", "MailboxRequest", "get_
 
 
 @functools.cache
-def _load(name: str) -> MailboxBackend:
+def _load(name: str, command: str, timeout: int) -> MailboxBackend:
     backend: MailboxBackend = import_string(BACKENDS[name])()
     return backend
 
 
 def get_backend() -> MailboxBackend:
-    """The configured backend, loaded once per process."""
-    return _load(settings.MAILBOX_BACKEND)
+    """The configured backend, loaded once per configuration (settings change in tests)."""
+    return _load(
+        settings.MAILBOX_BACKEND, settings.MAILBOX_COMMAND, settings.MAILBOX_COMMAND_TIMEOUT
+    )

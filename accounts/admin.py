@@ -1,0 +1,223 @@
+"""The mail-account console: find, create, disable, enable, reset passwords, delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.translation import gettext_lazy as _
+
+from accounts.models import AccountStatus, CreatedVia, MailAccount, ReservedName, ThirdPartyID
+from accounts.services import accounts as account_services
+from portal.errors import PortalError
+from providers.models import ProviderDomain
+
+
+class ThirdPartyIDInline(admin.TabularInline):
+    model = ThirdPartyID
+    extra = 0
+    fields = ["kind", "value", "verified_at", "created_at"]
+    readonly_fields = fields
+    can_delete = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # added by their owner through registration or self-service
+
+
+class CreateAccountForm(forms.Form):
+    """Input of the admin's "add account" page; the rules are checked by the service."""
+
+    domain = forms.ModelChoiceField(
+        queryset=ProviderDomain.objects.filter(provider__hosted=True).select_related("provider"),
+        help_text=_("Only domains of hosted providers."),
+    )
+    local_part = forms.CharField(label=_("user name"), max_length=64)
+    full_name = forms.CharField(max_length=200, required=False)
+    password = forms.CharField(
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text=_("Leave empty to generate a strong password, shown to you once."),
+    )
+    quota_mb = forms.IntegerField(
+        label=_("quota (MB)"), required=False, min_value=0, help_text=_("Empty: provider's.")
+    )
+
+
+@admin.register(MailAccount)
+class MailAccountAdmin(admin.ModelAdmin):
+    list_display = ["address_display", "provider_name", "status", "created_via", "created_at"]
+    list_filter = ["domain__provider", "status", "created_via"]
+    search_fields = ["local_part", "domain__name", "third_pids__value", "full_name"]
+    list_select_related = ["domain__provider"]
+    readonly_fields = [
+        "address_display",
+        "status",
+        "created_via",
+        "created_at",
+        "updated_at",
+        "password_changed_at",
+    ]
+    fieldsets = [
+        (None, {"fields": ["address_display", "full_name", "quota_mb"]}),
+        (
+            _("State"),
+            {
+                "fields": [
+                    "status",
+                    "created_via",
+                    "created_at",
+                    "updated_at",
+                    "password_changed_at",
+                ]
+            },
+        ),
+    ]
+    inlines = [ThirdPartyIDInline]
+    actions = ["disable_accounts", "enable_accounts", "reset_passwords"]
+    date_hierarchy = "created_at"
+
+    @admin.display(description=_("address"), ordering="local_part")
+    def address_display(self, account: MailAccount) -> str:
+        return account.address
+
+    @admin.display(description=_("provider"), ordering="domain__provider__name")
+    def provider_name(self, account: MailAccount) -> str:
+        return account.domain.provider.name
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[MailAccount], search_term: str
+    ) -> tuple[QuerySet[MailAccount], bool]:
+        # A whole address "local@domain" matches that account exactly.
+        local, at, domain = search_term.strip().rpartition("@")
+        if at and local and domain and " " not in search_term.strip():
+            exact = queryset.filter(local_part=local.lower(), domain__name=domain.lower())
+            if exact.exists():
+                return exact, False
+        return super().get_search_results(request, queryset, search_term)
+
+    # Creation has side effects (the mailbox) and a secret to show once: our own page.
+    # (admin_site.admin_view already marks every admin page never_cache.)
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        if not self.has_add_permission(request):
+            return HttpResponseRedirect(reverse("admin:index"))
+        form = CreateAccountForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            password = data["password"] or account_services.generate_password()
+            try:
+                account = account_services.create_account(
+                    domain=data["domain"],
+                    local_part=data["local_part"],
+                    password=password,
+                    full_name=data["full_name"],
+                    created_via=CreatedVia.ADMIN,
+                )
+            except PortalError as exc:
+                form.add_error(_field_for(exc.code), exc.message)
+            else:
+                if data["quota_mb"] is not None:
+                    account.quota_mb = data["quota_mb"]
+                    account.save(update_fields=["quota_mb", "updated_at"])
+                self.log_addition(request, account, [{"added": {}}])
+                return self._show_passwords(
+                    request,
+                    [(account, password if not data["password"] else None)],
+                    _("Account created"),
+                )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Add mail account"),
+            "form": form,
+            "opts": self.model._meta,
+            "add": True,
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "accounts/admin/create_account.html", context)
+
+    def _show_passwords(
+        self, request: HttpRequest, rows: list[tuple[MailAccount, str | None]], title: str
+    ) -> HttpResponse:
+        """Render new passwords once; the response is never cached or stored anywhere."""
+        context = {
+            **self.admin_site.each_context(request),
+            "title": title,
+            "rows": rows,
+            "opts": self.model._meta,
+        }
+        # admin_site.admin_view adds no-store (never_cache) to the response.
+        return TemplateResponse(request, "accounts/admin/passwords_once.html", context)
+
+    def delete_model(self, request: HttpRequest, obj: MailAccount) -> None:
+        account_services.delete_account(account=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[MailAccount]) -> None:
+        for account in queryset.select_related("domain__provider"):
+            account_services.delete_account(account=account)
+
+    def _set_status(
+        self, request: HttpRequest, queryset: QuerySet[MailAccount], status: AccountStatus
+    ) -> None:
+        done = skipped = 0
+        for account in queryset.select_related("domain__provider"):
+            if account_services.set_status(account=account, status=status):
+                done += 1
+            else:
+                skipped += 1
+        self.message_user(
+            request,
+            _("%(done)d changed, %(skipped)d already %(status)s.")
+            % {"done": done, "skipped": skipped, "status": status.label},
+            messages.SUCCESS,
+        )
+
+    @admin.action(description=_("Disable selected accounts (they can no longer log in)"))
+    def disable_accounts(self, request: HttpRequest, queryset: QuerySet[MailAccount]) -> None:
+        self._set_status(request, queryset, AccountStatus.DISABLED)
+
+    @admin.action(description=_("Enable selected accounts"))
+    def enable_accounts(self, request: HttpRequest, queryset: QuerySet[MailAccount]) -> None:
+        self._set_status(request, queryset, AccountStatus.ACTIVE)
+
+    @admin.action(description=_("Reset passwords of selected accounts (shown once)"))
+    def reset_passwords(
+        self, request: HttpRequest, queryset: QuerySet[MailAccount]
+    ) -> HttpResponse | None:
+        rows: list[tuple[MailAccount, str | None]] = []
+        failed = 0
+        for account in queryset.select_related("domain__provider"):
+            try:
+                rows.append((account, account_services.reset_password(account=account)))
+            except PortalError as exc:
+                failed += 1
+                self.message_user(request, f"{account.address}: {exc.message}", messages.ERROR)
+        if not rows:
+            return None
+        title = _("%(done)d passwords reset, %(failed)d failed") % {
+            "done": len(rows),
+            "failed": failed,
+        }
+        return self._show_passwords(request, rows, str(title))
+
+
+def _field_for(code: str) -> str | None:
+    """Which form field a service error belongs to (None: the whole form)."""
+    return {
+        "invalid_username": "local_part",
+        "id_exists": "local_part",
+        "weak_password": "password",
+        "reg_disabled": "domain",
+    }.get(code)
+
+
+@admin.register(ReservedName)
+class ReservedNameAdmin(admin.ModelAdmin):
+    list_display = ["name", "note"]
+    search_fields = ["name", "note"]
