@@ -22,7 +22,7 @@ class ThirdPartyIDInline(admin.TabularInline):
     model = ThirdPartyID
     extra = 0
     fields = ["kind", "value", "verified_at", "created_at"]
-    readonly_fields = fields
+    readonly_fields = ["kind", "value", "verified_at", "created_at"]
     can_delete = True
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -130,7 +130,7 @@ class MailAccountAdmin(admin.ModelAdmin):
                 return self._show_passwords(
                     request,
                     [(account, password if not data["password"] else None)],
-                    _("Account created"),
+                    str(_("Account created")),
                 )
         context = {
             **self.admin_site.each_context(request),
