@@ -42,3 +42,16 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var/static
+
+# A private Dovecot reading the current DATABASE_URL, for logging in with a real mail client
+# next to `make run` (deploy/dovecot/README.md). Needs dovecot-imapd and dovecot-sqlite (or
+# dovecot-pgsql); state under var/dovecot/.
+DOVECOT_PORT ?= 10143
+.PHONY: dovecot dovecot-stop
+
+dovecot: $(STAMP)
+	$(BIN)/python manage.py migrate --noinput --verbosity 0
+	$(BIN)/python manage.py run_dovecot start --port $(DOVECOT_PORT)
+
+dovecot-stop: $(STAMP)
+	$(BIN)/python manage.py run_dovecot stop

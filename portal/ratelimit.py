@@ -2,9 +2,89 @@
 
 from __future__ import annotations
 
-from django.http import HttpRequest, JsonResponse
+import logging
+from dataclasses import dataclass
+from http import HTTPStatus
 
-# The policies themselves (key, group, rate) arrive with the endpoints they guard.
+from django.conf import settings
+from django.http import HttpRequest, JsonResponse
+from django_ratelimit.core import get_usage
+
+from portal.errors import PortalError, ServiceUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One limit: a counter group, what it is counted per, and the setting holding the rate."""
+
+    group: str
+    rate_setting: str
+    key: str = "ip"  # django-ratelimit's "ip": RATELIMIT_IP_META_KEY, IPv6 grouped by /64
+
+    @property
+    def rate(self) -> str:
+        rate: str = getattr(settings, self.rate_setting)
+        return rate
+
+
+# In-band registration: each client address (an IPv6 /64 counts as one) may send
+# REGISTRATION_RATE registration requests (10 an hour), valid or not, in a fixed window;
+# replays of an earlier answer count too. Stops one host from filling a domain with accounts.
+REGISTRATION = Policy(group="accounts.register", rate_setting="REGISTRATION_RATE")
+
+# Verification codes: each client address may try REGISTRATION_VERIFY_RATE codes (30 an
+# hour), on top of the 5 tries each code allows, so guessing six digits stays hopeless.
+REGISTRATION_VERIFY = Policy(
+    group="accounts.register.verify", rate_setting="REGISTRATION_VERIFY_RATE"
+)
+
+
+class RateLimited(PortalError):
+    """Too many requests from this client in the current window."""
+
+    code = "rate_limited"
+    status = HTTPStatus.TOO_MANY_REQUESTS
+    default_message = "Too many requests; try again later."
+
+    def __init__(self, retry_after: int, message: str | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message or f"Too many requests; retry in {retry_after} s.")
+
+
+class RateLimiterUnavailable(ServiceUnavailable):
+    """The counter store (the cache) did not answer: refuse rather than go unlimited."""
+
+    code = "ratelimit_unavailable"
+    default_message = "The service is busy; try again shortly."
+    retry_after = 30
+
+
+def enforce(request: HttpRequest, policy: Policy) -> None:
+    """Count this request against `policy`; raise RateLimited past the limit.
+
+    Fails closed (RELIABILITY.md check 7): when the cache cannot count, RateLimiterUnavailable
+    (503) is raised instead of letting the request through.
+    Retry-After is the end of django-ratelimit's fixed window (its `_get_window`: aligned to
+    the period plus a per-key offset), which `get_usage` reports as `time_left`.
+    """
+    try:
+        usage = get_usage(
+            request, group=policy.group, key=policy.key, rate=policy.rate, increment=True
+        )
+    except Exception as exc:  # the backend's own errors (redis.RedisError, OSError, ...)
+        logger.warning("rate limit %s: cache unavailable: %s", policy.group, type(exc).__name__)
+        raise RateLimiterUnavailable() from None
+    if usage is None:  # RATELIMIT_ENABLE is off
+        return
+    if not usage["should_limit"]:
+        return
+    if usage["time_left"] < 0:
+        # django-ratelimit's own fail-closed answer: the cache gave no count.
+        logger.warning("rate limit %s: cache gave no count", policy.group)
+        raise RateLimiterUnavailable()
+    raise RateLimited(retry_after=max(1, int(usage["time_left"])))
 
 
 def rate_limited(request: HttpRequest, exception: Exception) -> JsonResponse:

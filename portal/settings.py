@@ -210,6 +210,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "django_ratelimit",
     "portal",
     "providers",
     "accounts",
@@ -295,7 +296,10 @@ CELERY_TASK_SOFT_TIME_LIMIT = 60
 CELERY_TASK_TIME_LIMIT = 90
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    # Idempotency records older than 24 h and abandoned email verifications (hourly).
+    "purge-registrations": {"task": "accounts.purge_registrations", "schedule": 3600.0},
+}
 
 # ---------------------------------------------------------------------------------------------
 # DRF and the OpenAPI schema
@@ -354,6 +358,19 @@ RATELIMIT_VIEW = "portal.ratelimit.rate_limited"
 # Keys are computed by portal.proxies.client_ip (peer address, X-Forwarded-For only from a
 # trusted proxy, IPv6 grouped by /64), never by django-ratelimit's header options.
 RATELIMIT_IP_META_KEY = "portal.proxies.client_ip_for_ratelimit"
+# django-ratelimit's checks: W001 says any backend but memcached/django-redis is "not officially
+# supported" (Django's own RedisCache increments atomically with INCR, so it is fine here);
+# E003 says LocMemCache is not shared, which is right but harmless without REDIS_URL: the
+# deployment is then one process (ARCHITECTURE.md), so its one cache is the shared cache.
+SILENCED_SYSTEM_CHECKS = ["django_ratelimit.W001"]
+if not HAS_REDIS:
+    SILENCED_SYSTEM_CHECKS.append("django_ratelimit.E003")
+# In-band registration (POST /api/v1/register) per client address; verification codes tried
+# (POST /api/v1/register/verify) per client address. Rates as django-ratelimit reads them.
+REGISTRATION_RATE = "10/h"
+REGISTRATION_VERIFY_RATE = "30/h"
+# Largest registration request body read, in bytes; a real one is a few hundred.
+REGISTRATION_MAX_BODY_BYTES = 16_384
 
 # ---------------------------------------------------------------------------------------------
 # Mail-domain settings
@@ -376,6 +393,21 @@ PORTAL_MOBILECONFIG_CERT = env_str("PORTAL_MOBILECONFIG_CERT")
 PORTAL_MOBILECONFIG_KEY = env_str("PORTAL_MOBILECONFIG_KEY")
 if bool(PORTAL_MOBILECONFIG_CERT) != bool(PORTAL_MOBILECONFIG_KEY):
     raise ImproperlyConfigured("set both PORTAL_MOBILECONFIG_CERT and PORTAL_MOBILECONFIG_KEY")
+
+# Mail the portal sends itself (registration verification codes), over SMTP. The default
+# is the MTA on this host, which a mail provider's machine has.
+EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_secret("EMAIL_HOST_PASSWORD")
+EMAIL_SECURITY = env_str("EMAIL_SECURITY", "none")
+if EMAIL_SECURITY not in {"none", "starttls", "tls"}:
+    raise ImproperlyConfigured(f"EMAIL_SECURITY={EMAIL_SECURITY!r}: use none, starttls or tls")
+EMAIL_USE_TLS = EMAIL_SECURITY == "starttls"
+EMAIL_USE_SSL = EMAIL_SECURITY == "tls"
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = env_str("PORTAL_MAIL_FROM", "mailportal@localhost")
 
 # How long clients may cache an autoconfig document (it also carries an ETag).
 AUTOCONFIG_MAX_AGE = 3600

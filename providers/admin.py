@@ -209,6 +209,7 @@ class ProviderAdmin(admin.ModelAdmin):
                     "username_max_length",
                     "username_punctuation",
                     "password_min_length",
+                    "require_verified_email",
                     "quota_mb",
                 ]
             },

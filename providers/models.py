@@ -179,6 +179,14 @@ class Provider(models.Model):
         validators=[MinValueValidator(8), MaxValueValidator(128)],
         help_text=_("At least 8; common and name-like passwords are always refused."),
     )
+    require_verified_email = models.BooleanField(
+        "require a verified email address",
+        default=False,
+        help_text=_(
+            "New accounts from the registration API stay pending until the code mailed to "
+            "their email address is confirmed."
+        ),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

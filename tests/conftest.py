@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from django.conf import settings as django_settings
 
+from accounts import dovecot as private_dovecot
 from providers.models import Provider, ProviderDomain, ServerSetting
 from providers.services import documents
 
@@ -88,3 +89,63 @@ def make_provider(db: None) -> Callable[..., Provider]:
         return provider
 
     return make
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on at the moment."""
+    return _free_port()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def dovecot_installed() -> None:
+    """Skips (or fails under REQUIRE_SERVICES) unless Debian's Dovecot is installed."""
+    missing = private_dovecot.missing_binaries()
+    if missing:
+        need_service(
+            "Dovecot",
+            f"not installed: {', '.join(missing)} "
+            "(apt-get install dovecot-imapd dovecot-pgsql dovecot-sqlite)",
+        )
+
+
+@pytest.fixture(scope="session")
+def dovecot(
+    dovecot_installed: None, django_db_setup: None, django_db_blocker: Any
+) -> Iterator[private_dovecot.PrivateDovecot]:
+    """A private Dovecot from deploy/dovecot/ on a free port, reading the test database.
+
+    Started once per session and stopped at its end (before the test database is dropped).
+    Dovecot reads through its own database connection, so tests that log in must commit:
+    `@pytest.mark.django_db(transaction=True)`. Keep sessions few and short (log out).
+    """
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from django.db import connection
+
+    with django_db_blocker.unblock():
+        # The test database's name is known only now, after django_db_setup.
+        database = dict(connection.settings_dict)
+    # Not pytest's tmp_path: run as root, the mail is stored by the dovecot user, who
+    # cannot enter pytest's private (0700) base directory.
+    state = Path(tempfile.mkdtemp(prefix="mailportal-dovecot-"))
+    instance = private_dovecot.PrivateDovecot(state_dir=state, database=database, port=_free_port())
+    try:
+        instance.start()
+    except private_dovecot.DovecotError as exc:
+        shutil.rmtree(state, ignore_errors=True)
+        need_service("Dovecot", str(exc))
+    yield instance
+    instance.stop()
+    shutil.rmtree(state, ignore_errors=True)

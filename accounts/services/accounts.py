@@ -6,6 +6,8 @@ import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import ClassVar
 
 from django.contrib.auth.password_validation import (
     CommonPasswordValidator,
@@ -62,6 +64,19 @@ class DatabaseUnavailable(ServiceUnavailable):
     default_message = "The account database is not reachable; try again shortly."
 
 
+class _PolicyFields:
+    """The one thing the similarity validator asks of `_meta`: a readable field name."""
+
+    names: ClassVar[dict[str, str]] = {
+        "local_part": "user name",
+        "full_name": "full name",
+        "email": "email address",
+    }
+
+    def get_field(self, name: str) -> SimpleNamespace:
+        return SimpleNamespace(verbose_name=self.names[name])
+
+
 @dataclass(frozen=True)
 class _PolicySubject:
     """What the similarity validator compares a password with."""
@@ -69,6 +84,8 @@ class _PolicySubject:
     local_part: str
     full_name: str
     email: str
+    # Read when a password is too similar (Django names the attribute in its message).
+    _meta: ClassVar[_PolicyFields] = _PolicyFields()
 
 
 def generate_password() -> str:
@@ -130,7 +147,8 @@ def check_address_available(domain: ProviderDomain, local_part: str) -> str:
     return normalised
 
 
-def _registration_gate(domain: ProviderDomain, created_via: str, token_ok: bool) -> None:
+def check_registration_open(domain: ProviderDomain, created_via: str, token_ok: bool) -> None:
+    """Raise RegistrationDisabled unless this front door may create accounts on `domain`."""
     provider = domain.provider
     if created_via == CreatedVia.ADMIN:
         return  # administrators create accounts whatever the public policy
@@ -165,7 +183,7 @@ def create_account(
     which the mailbox backend creates the mailbox.
     """
     row = domain if isinstance(domain, ProviderDomain) else hosted_domain(domain)
-    _registration_gate(row, str(created_via), token_ok)
+    check_registration_open(row, str(created_via), token_ok)
     normalised = check_address_available(row, local_part)
     pids = [(kind, normalise_third_pid(kind, value)) for kind, value in third_pids]
     if len(set(pids)) != len(pids):
@@ -189,7 +207,12 @@ def create_account(
             ThirdPartyID.objects.bulk_create(
                 ThirdPartyID(account=account, kind=kind, value=value) for kind, value in pids
             )
-            get_backend().create(_mailbox_request(account, password))
+            backend = get_backend()
+            backend.create(_mailbox_request(account, password))
+            if account.status != AccountStatus.ACTIVE:
+                # A pending or disabled account must not log in on a mail server that keeps
+                # its own users (the sql backend's view lists active accounts only).
+                backend.disable(account.address)
     except IntegrityError:
         raise AddressTaken() from None
     except OperationalError as exc:
