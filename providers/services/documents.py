@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 VERSION_KEY = "providers:catalog-version"
 MAX_AGE = 60.0
+# How often a process asks the shared cache whether the catalog changed. An edit made in
+# this process is seen at once; one made elsewhere within this many seconds. Asking on every
+# request cost more than building the answer (docs/benchmarks.md).
+VERSION_CHECK_INTERVAL = 1.0
 # Host names under which a provider domain's autoconfig is asked for: the domain itself and
 # the conventional service names clients try (Thunderbird autoconfig.<d>, Outlook
 # autodiscover.<d>).
@@ -43,6 +47,7 @@ class Document:
 class _Snapshot:
     version: str
     built_at: float
+    checked_at: float
     provider_by_domain: dict[str, int]
     hosts: frozenset[str]
     documents: dict[tuple[str, str], Document] = field(default_factory=dict)
@@ -86,20 +91,23 @@ def _current_version() -> str | None:
 def _load(version: str) -> _Snapshot:
     provider_by_domain = dict(ProviderDomain.objects.values_list("name", "provider_id"))
     hosts = frozenset(prefix + domain for domain in provider_by_domain for prefix in HOST_PREFIXES)
-    return _Snapshot(version, time.monotonic(), provider_by_domain, hosts)
+    now = time.monotonic()
+    return _Snapshot(version, now, now, provider_by_domain, hosts)
 
 
 def _fresh_snapshot() -> _Snapshot:
     global _snapshot
-    version = _current_version()
     snapshot = _snapshot
-    if (
-        snapshot is not None
-        and version is not None
-        and snapshot.version == version
-        and time.monotonic() - snapshot.built_at < MAX_AGE
-    ):
-        return snapshot
+    now = time.monotonic()
+    if snapshot is not None and now - snapshot.built_at < MAX_AGE:
+        if now - snapshot.checked_at < VERSION_CHECK_INTERVAL:
+            return snapshot
+        version = _current_version()
+        if version is not None and snapshot.version == version:
+            snapshot.checked_at = now
+            return snapshot
+    else:
+        version = _current_version()
     fresh = _load(version or "")
     if version is not None:
         with _lock:

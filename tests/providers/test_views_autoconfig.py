@@ -309,3 +309,25 @@ def test_mobileconfig_is_the_same_profile_whatever_the_domain_case(
     upper = client.get("/mobileconfig", {"emailaddress": "juliet@EXAMPLE.org"})
 
     assert plistlib.loads(lower.content) == plistlib.loads(upper.content)
+
+
+def test_edit_made_by_another_process_is_seen_within_the_check_interval(
+    client: Any, provider: Any
+) -> None:
+    from django.core.cache import cache
+
+    from providers.services import documents
+
+    query = {"emailaddress": "a@example.org"}
+    before = client.get("/mail/config-v1.1.xml", query)
+    # Another process edits the row (no signal here) and publishes a new catalog version.
+    ServerSetting.objects.filter(provider=provider, type="imap").update(port=1993)
+    cache.set(documents.VERSION_KEY, "published-by-another-process", timeout=None)
+
+    within_interval = client.get("/mail/config-v1.1.xml", query)
+    assert documents._snapshot is not None
+    documents._snapshot.checked_at -= documents.VERSION_CHECK_INTERVAL  # time passes
+    after_interval = client.get("/mail/config-v1.1.xml", query)
+
+    assert within_interval.content == before.content
+    assert b"<port>1993</port>" in after_interval.content
