@@ -9,6 +9,7 @@ processes) nothing is kept longer than MAX_AGE seconds.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import threading
@@ -134,6 +135,7 @@ def provider_for_host(host: str) -> str | None:
     return host if host in known else None
 
 
+@functools.lru_cache(maxsize=4096)  # IDNA encoding is most of a cached request's work
 def normalise_domain(domain: str) -> str | None:
     try:
         return to_ascii(domain)
