@@ -877,6 +877,9 @@ def smtp_inbox(settings: Any) -> Iterator[_Inbox]:
     inbox = _Inbox()
     port = _free_port()
     controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    # aiosmtpd logs each connection at INFO from its own thread, which can outlive pytest's
+    # capture of stderr ("I/O operation on closed file"); its warnings still show.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     controller.start()
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     settings.EMAIL_HOST = "127.0.0.1"
