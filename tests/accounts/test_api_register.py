@@ -864,18 +864,11 @@ class _Inbox:
         return found.group(1)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 @pytest.fixture
-def smtp_inbox(settings: Any) -> Iterator[_Inbox]:
+def smtp_inbox(settings: Any, free_port: int) -> Iterator[_Inbox]:
     """A real SMTP server (aiosmtpd) on a free port, and Django's smtp backend pointed at it."""
     inbox = _Inbox()
-    port = _free_port()
+    port = free_port
     controller = Controller(inbox, hostname="127.0.0.1", port=port)
     # aiosmtpd logs each connection at INFO from its own thread, which can outlive pytest's
     # capture of stderr ("I/O operation on closed file"); its warnings still show.
@@ -1043,11 +1036,11 @@ def test_register_with_verification_needs_an_email(
 
 
 def test_register_with_verification_answers_503_and_keeps_nothing_when_mail_is_down(
-    client: Client, verifying_provider: Provider, settings: Any
+    client: Client, verifying_provider: Provider, settings: Any, free_port: int
 ) -> None:
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     settings.EMAIL_HOST = "127.0.0.1"
-    settings.EMAIL_PORT = _free_port()
+    settings.EMAIL_PORT = free_port
     settings.EMAIL_TIMEOUT = 2
     response = post(client, message())
     assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
