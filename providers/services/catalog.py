@@ -116,12 +116,14 @@ _PROVIDER_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "usernameMaxLength": ("username_max_length", _whole_number),
     "usernamePunctuation": ("username_punctuation", _string),
     "passwordMinLength": ("password_min_length", _whole_number),
+    "requireVerifiedEmail": ("require_verified_email", _boolean),
 }
 _ACCOUNT_RULE_KEYS = (
     "usernameMinLength",
     "usernameMaxLength",
     "usernamePunctuation",
     "passwordMinLength",
+    "requireVerifiedEmail",
 )
 _SERVER_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "type": ("type", _string),

@@ -546,3 +546,46 @@ def test_load_catalog_file_refuses_what_is_not_a_catalog(tmp_path: Path) -> None
     assert messages[1] == "the key 'providers' appears twice in one object."
     assert messages[2] == 'expected a JSON object with a "providers" list.'
     assert messages[3].startswith("cannot read the file (")
+
+
+def test_account_rules_round_trip_and_defaults_stay_out_of_the_export() -> None:
+    data = {
+        "providers": [
+            {
+                "slug": "strict",
+                "name": "Strict Mail",
+                "shortName": "Strict",
+                "domains": ["strict.example"],
+                "incoming": [
+                    {
+                        "type": "imap",
+                        "hostname": "imap.strict.example",
+                        "port": 993,
+                        "socketType": "SSL",
+                        "authentication": "password-cleartext",
+                        "username": "%EMAILADDRESS%",
+                    }
+                ],
+                "outgoing": [
+                    {
+                        "type": "smtp",
+                        "hostname": "smtp.strict.example",
+                        "port": 465,
+                        "socketType": "SSL",
+                        "authentication": "password-cleartext",
+                        "username": "%EMAILADDRESS%",
+                    }
+                ],
+                "passwordMinLength": 12,
+                "requireVerifiedEmail": True,
+            }
+        ]
+    }
+
+    import_providers(data=data)
+    (entry,) = export_providers()["providers"]
+
+    assert Provider.objects.get(slug="strict").require_verified_email is True
+    assert (entry["passwordMinLength"], entry["requireVerifiedEmail"]) == (12, True)
+    assert "usernameMinLength" not in entry
+    assert import_providers(data=export_providers()).unchanged == 1
