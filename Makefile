@@ -39,6 +39,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/autoconfig.py
+	$(BIN)/python bench/register.py
 
 clean:
 	rm -rf $(VENV) var/static

@@ -4,7 +4,8 @@ Django's Argon2 hasher stores ``argon2$argon2id$v=19$m=…,t=…,p=…$salt$hash
 ``argon2`` prefix is the PHC string that Dovecot's ``{ARGON2ID}`` scheme (libsodium)
 verifies. libsodium only verifies parallelism 1, so p=1. Parameters: m=19456 KiB, t=2, p=1,
 OWASP's first recommended argon2id configuration and the floor of ASVS 11.4.2 /
-RELIABILITY.md check 27; about 47 ms per hash on the benchmark machine (docs/benchmarks.md).
+RELIABILITY.md check 27; 21-24 ms of CPU per hash on the benchmark machine
+(docs/benchmarks.md, "Registration").
 Argon2 has no 72-byte limit (bcrypt truncates silently; RELIABILITY.md check 16).
 """
 

@@ -86,11 +86,12 @@ def _cpu_seconds_self() -> float:
 class _Flight:
     """One request in flight: its socket, when it began, the first bytes of the answer."""
 
-    __slots__ = ("begun", "head", "sent", "sock")
+    __slots__ = ("begun", "head", "request", "sent", "sock")
 
-    def __init__(self, sock: socket.socket, begun: int) -> None:
+    def __init__(self, sock: socket.socket, begun: int, request: bytes) -> None:
         self.sock = sock
         self.begun = begun
+        self.request = request
         self.head = b""
         self.sent = False
 
@@ -98,7 +99,7 @@ class _Flight:
 def run_load(
     *,
     port: int,
-    request: bytes,
+    request: bytes | Sequence[bytes],
     total: int,
     concurrency: int,
     expect_status: int = 200,
@@ -107,6 +108,9 @@ def run_load(
 ) -> LoadResult:
     """Send `total` copies of `request`, each on a new TCP connection, `concurrency` at a time.
 
+    `request` may also be a sequence of `total` requests, sent in order (requests that must
+    differ, such as registrations of distinct accounts); build them all before the call.
+
     One epoll loop over non-blocking sockets: one connect, send, recv or two and close per
     request, so that the client costs little CPU next to the server on a small machine. The
     server must close the connection after its answer (HTTP/1.0, or `Connection: close`);
@@ -114,6 +118,9 @@ def run_load(
     line carries `expect_status`; anything else is counted by reason. The run stops after
     `time_limit_s` whatever is left, counting the rest as errors ("time limit").
     """
+    requests = [request] * total if isinstance(request, bytes) else list(request)
+    if len(requests) != total:
+        raise ValueError(f"{len(requests)} requests given for total={total}")
     result = LoadResult(requested=total)
     address = (LOOPBACK, port)
     poller = select.epoll()
@@ -129,6 +136,7 @@ def run_load(
     def start_one() -> None:
         nonlocal started
         started += 1
+        payload = requests[started - 1]
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         begun = perf_ns()
@@ -138,7 +146,7 @@ def run_load(
             sock.close()
             return
         fd = sock.fileno()
-        in_flight[fd] = _Flight(sock, begun)
+        in_flight[fd] = _Flight(sock, begun, payload)
         poller.register(fd, poll_out)
 
     def finish(fd: int, reason: str | None) -> None:
@@ -167,7 +175,7 @@ def run_load(
                 if not flight.sent:
                     # Writable: connected (or failed, which send() raises). Small requests
                     # go out in one send on loopback.
-                    flight.sock.send(request)
+                    flight.sock.send(flight.request)
                     flight.sent = True
                     poller.modify(fd, poll_in)
                     continue
