@@ -7,7 +7,6 @@ from http import HTTPStatus
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
 
 from accounts import passwords
 from accounts.models import AccountStatus, MailAccount, ThirdPartyID
@@ -15,13 +14,6 @@ from accounts.services.accounts import create_account
 
 CHANGELIST = "/admin/accounts/mailaccount/"
 ADD = "/admin/accounts/mailaccount/add/"
-
-
-@pytest.fixture
-def admin_client(client: Any, db: None) -> Any:
-    user = get_user_model().objects.create_superuser("root", "root@example.org", "pw-for-tests")
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture

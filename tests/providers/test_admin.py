@@ -6,18 +6,10 @@ from http import HTTPStatus
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
 
 from providers.models import Provider, ProviderDomain, ServerSetting
 
 ADD_URL = "/admin/providers/provider/add/"
-
-
-@pytest.fixture
-def admin_client(client: Any, db: None) -> Any:
-    user = get_user_model().objects.create_superuser("root", "root@example.org", "pw-for-tests")
-    client.force_login(user)
-    return client
 
 
 def inline(prefix: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
