@@ -415,6 +415,50 @@ AUTOCONFIG_MAX_AGE = 3600
 AUTODISCOVER_MAX_BYTES = 16_384
 
 # ---------------------------------------------------------------------------------------------
+# Suggestions (providers/services/fanout.py, suggest.py; docs/suggestions.md)
+# ---------------------------------------------------------------------------------------------
+
+# Per client address, GET /api/v1/suggestions (django-ratelimit rate). The default of the
+# admin-editable "suggestion settings" (providers.SuggestionSettings): admin wins when set.
+SUGGESTION_RATE = "30/m"
+# How long a remote provider may take (seconds); each provider may set its own in admin.
+SUGGESTION_TIMEOUT = 3.0
+# Added to the slowest provider's timeout before the answer goes out without the stragglers:
+# queueing in the broker and the worker's hand-back take a few milliseconds, not this long.
+SUGGESTION_GRACE = 0.5
+# Identical queries within this many seconds are answered from the shared cache.
+SUGGESTION_CACHE_SECONDS = 60
+# A remote provider's answer larger than this (bytes) is that provider's error; a real one
+# is a few hundred bytes.
+SUGGESTION_MAX_RESPONSE_BYTES = 65_536
+# How many addresses a hosted provider suggests, unless it sets its own number in admin.
+SUGGESTION_COUNT = 5
+# Without Redis the fan-out asks remote providers from a thread pool of this size.
+SUGGESTION_THREADS = 32
+# Outbound calls to providers' suggestion APIs say who they are, and may leave from one
+# chosen local address (so providers can allow-list it on a host with several).
+SUGGESTION_USER_AGENT = env_str(
+    "PORTAL_SUGGESTION_USER_AGENT", f"mailportal-suggestions/1 (+{PORTAL_BASE_URL})"
+)
+SUGGESTION_SOURCE_ADDRESS = env_str("PORTAL_SUGGESTION_SOURCE_ADDRESS")
+if SUGGESTION_SOURCE_ADDRESS:
+    try:
+        ipaddress.ip_address(SUGGESTION_SOURCE_ADDRESS)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"PORTAL_SUGGESTION_SOURCE_ADDRESS={SUGGESTION_SOURCE_ADDRESS!r}: not an IP address"
+        ) from None
+# Hourly suggestion counters older than this many days are deleted (daily job).
+SUGGESTION_STATS_DAYS = 30
+# Fan-out tasks have a queue of their own, so that a suggestion never waits behind slower
+# work; workers that serve it: `celery -A portal worker -Q suggest -P threads` (Procfile).
+CELERY_TASK_ROUTES = {"providers.query_provider": {"queue": "suggest"}}
+CELERY_BEAT_SCHEDULE["purge-suggestion-stats"] = {
+    "task": "providers.purge_suggestion_stats",
+    "schedule": 86400.0,
+}
+
+# ---------------------------------------------------------------------------------------------
 # Logging: one line per event on stderr; the process manager collects it.
 # ---------------------------------------------------------------------------------------------
 
