@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
-from urllib3.exceptions import HTTPError, TimeoutError
+from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError
 
 # Same-origin redirects followed at most this many times (a trailing slash, a new path).
 MAX_REDIRECTS = 2
@@ -95,6 +95,9 @@ def fetch_json(
                 preload_content=False,
                 timeout=urllib3.Timeout(connect=left, read=left),
             )
+        except NewConnectionError as exc:  # refused, unreachable, no such name
+            # Checked first: urllib3 makes it a subclass of its connect-timeout error.
+            raise FetchFailed(f"connection failed: {type(exc).__name__}") from None
         except TimeoutError:
             raise FetchFailed("no answer in time", timed_out=True) from None
         except (HTTPError, OSError) as exc:
