@@ -129,7 +129,8 @@ def fetch_json(
 def _read_capped(response: urllib3.BaseHTTPResponse, max_bytes: int, deadline: float) -> bytes:
     body = bytearray()
     try:
-        while chunk := response.read(_CHUNK):
+        # read1: whatever has arrived (read(n) would wait for n bytes, past the deadline).
+        while chunk := response.read1(_CHUNK):
             body += chunk
             if len(body) > max_bytes:
                 raise FetchFailed(f"answer larger than {max_bytes} bytes")

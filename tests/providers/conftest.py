@@ -58,6 +58,7 @@ class Hit:
     query: dict[str, list[str]]
     headers: dict[str, str]
     client: str
+    client_port: int
 
 
 @dataclass
@@ -75,6 +76,8 @@ class FakeProvider:
     headers: dict[str, str] = field(default_factory=dict)
     mode: str = "answer"  # "answer", "reset" (RST without an answer), "drip" (slow body)
     host: str = "127.0.0.1"
+    # Per path: (status, headers, body) instead of the settings above.
+    routes: dict[str, tuple[int, dict[str, str], bytes]] = field(default_factory=dict)
     hits: list[Hit] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
 
@@ -99,8 +102,19 @@ def _handler_for(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
             parts = urlsplit(self.path)
             query = parse_qs(parts.query)
             fake.hits.append(
-                Hit(parts.path, query, dict(self.headers.items()), self.client_address[0])
+                Hit(parts.path, query, dict(self.headers.items()), *self.client_address[:2])
             )
+            if parts.path in fake.routes:
+                status, headers, body = fake.routes[parts.path]
+                self.send_response(status)
+                headers = {"Content-Length": str(len(body)), **headers}
+                for name, value in headers.items():
+                    if value:  # "" leaves the header out
+                        self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+                self.close_connection = not headers["Content-Length"]
+                return
             if fake.delay:
                 time.sleep(fake.delay)
             if fake.mode == "reset":
@@ -148,7 +162,7 @@ def fake_provider() -> Iterator[Callable[..., FakeProvider]]:
         fake = FakeProvider(**options)
         server = _QuietServer((fake.host, 0), _handler_for(fake))
         fake.server = server
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         started.append(fake)
         return fake
 
