@@ -70,7 +70,7 @@ class SuggestionsView(APIView):
         },
     )
     def get(self, request: Request) -> Response:
-        ratelimit.enforce(request, ratelimit.SUGGESTIONS, rate=SuggestionSettings.load().rate)
+        ratelimit.enforce(request, ratelimit.SUGGESTIONS, rate=SuggestionSettings.current_rate())
         serializer = SuggestionQueryIn(data=request.query_params)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -10,9 +11,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models
+from django.db import models, transaction
 from django.db.models.functions import Coalesce, Lower
 from django.utils.translation import gettext_lazy as _
 
@@ -634,11 +636,27 @@ class SuggestionSettings(models.Model):
     def save(self, *args: Any, **kwargs: Any) -> None:
         self.pk = 1
         super().save(*args, **kwargs)
+        transaction.on_commit(_forget_suggestion_rate)
 
     @classmethod
     def load(cls) -> SuggestionSettings:
         """The saved row, or an unsaved one holding the defaults."""
         return cls.objects.filter(pk=1).first() or cls(pk=1)
+
+    @classmethod
+    def current_rate(cls) -> str:
+        """The rate in force, from the shared cache (refreshed from the row every 30 s and on
+        every save), so that a refused request costs no database query."""
+        try:
+            rate = cache.get(SUGGESTION_RATE_CACHE_KEY)
+        except Exception:  # the cache's own errors; the rate limiter then fails closed
+            rate = None
+        if isinstance(rate, str):
+            return rate
+        rate = cls.load().rate
+        with contextlib.suppress(Exception):
+            cache.set(SUGGESTION_RATE_CACHE_KEY, rate, timeout=30)
+        return rate
 
     def clean(self) -> None:
         if (self.rate_count is None) != (self.rate_minutes is None):
@@ -659,6 +677,14 @@ class SuggestionSettings(models.Model):
     def rate_description(self) -> str:
         count, _slash, period = self.rate.partition("/")
         return f"{count} per {period}"
+
+
+SUGGESTION_RATE_CACHE_KEY = "providers:suggestion-rate"
+
+
+def _forget_suggestion_rate() -> None:
+    with contextlib.suppress(Exception):  # a down cache holds no stale rate either
+        cache.delete(SUGGESTION_RATE_CACHE_KEY)
 
 
 class SuggestionStat(models.Model):

@@ -206,15 +206,16 @@ def celery_worker() -> Iterator[str]:
     if not django_settings.HAS_REDIS:
         need_service("Redis", "REDIS_URL is not set: no broker for a worker")
     name = f"suggest-test-{uuid.uuid4().hex[:8]}@%h"
-    log = tempfile.NamedTemporaryFile(prefix="celery-worker-", suffix=".log", delete=False)
+    log_path = Path(tempfile.mkstemp(prefix="celery-worker-", suffix=".log")[1])
     command = [
         sys.executable, "-m", "celery", "-A", "portal", "worker",
         "-Q", "suggest", "-P", "threads", "-c", "16", "-n", name,
         "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "WARNING",
     ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
-        _wait_for_worker(process, Path(log.name))
+        _wait_for_worker(process, log_path)
         yield name
     finally:
         process.terminate()
@@ -223,8 +224,7 @@ def celery_worker() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
-        log.close()
-        Path(log.name).unlink(missing_ok=True)
+        log_path.unlink(missing_ok=True)
 
 
 def _wait_for_worker(process: subprocess.Popen[bytes], log: Path) -> None:

@@ -17,7 +17,9 @@ GOOD = json.dumps({"addresses": ["a@p.example"]}).encode()
 
 def fetch(url: str, *, timeout: float = 2.0, max_bytes: int = 65_536, **kwargs: Any) -> bytes:
     config = kwargs.pop("config", CONFIG)
-    return fetch_json(url, {"first_name": "Zoë"}, timeout=timeout, max_bytes=max_bytes, config=config)
+    return fetch_json(
+        url, {"first_name": "Zoë"}, timeout=timeout, max_bytes=max_bytes, config=config
+    )
 
 
 def test_fetch_sends_the_names_and_the_user_agent(fake_provider: Callable[..., Any]) -> None:

@@ -250,9 +250,7 @@ def test_fanout_drops_hostile_provider_answers_and_keeps_the_others(
         "deep-xml.example": b"<a>" * 10_000 + b"</a>" * 10_000,
     }
     for domain, body in hostile.items():
-        make_remote_provider(
-            fake_provider(body=body, content_type=content_type).url, domain=domain
-        )
+        make_remote_provider(fake_provider(body=body, content_type=content_type).url, domain=domain)
     good = fake_provider(delay=0.05)
     make_remote_provider(good.url, domain="good.example")
 

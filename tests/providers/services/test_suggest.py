@@ -58,7 +58,10 @@ def test_suggestions_continue_with_short_numbers_up_to_the_configured_count(
 def test_suggestions_never_include_taken_addresses(provider: Provider) -> None:
     for local in ("juliet.capulet", "julietcapulet", "j.capulet"):
         create_account(
-            domain="example.org", local_part=local, password="nurse-and-friar-7", created_via="admin"
+            domain="example.org",
+            local_part=local,
+            password="nurse-and-friar-7",
+            created_via="admin",
         )
 
     suggested = suggest(provider, "Juliet", "Capulet")
