@@ -25,7 +25,7 @@ def issue_tokens(*, client_ids: Sequence[int]) -> list[tuple[SuggestionClient, s
     issued = []
     with transaction.atomic():
         clients = list(
-            SuggestionClient.objects.select_for_update()
+            SuggestionClient.objects.select_for_update(of=("self",))
             .select_related("provider")
             .filter(pk__in=client_ids)
             .order_by("network")
