@@ -437,8 +437,8 @@ SUGGESTION_COUNT = 5
 SUGGESTION_THREADS = 32
 # Outbound calls to providers' suggestion APIs say who they are, and may leave from one
 # chosen local address (so providers can allow-list it on a host with several).
-SUGGESTION_USER_AGENT = env_str(
-    "PORTAL_SUGGESTION_USER_AGENT", f"mailportal-suggestions/1 (+{PORTAL_BASE_URL})"
+SUGGESTION_USER_AGENT = (
+    env_str("PORTAL_SUGGESTION_USER_AGENT") or f"mailportal-suggestions/1 (+{PORTAL_BASE_URL})"
 )
 SUGGESTION_SOURCE_ADDRESS = env_str("PORTAL_SUGGESTION_SOURCE_ADDRESS")
 if SUGGESTION_SOURCE_ADDRESS:
