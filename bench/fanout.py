@@ -34,7 +34,6 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
-from pathlib import Path
 
 from _common import (
     exclusive_run,
@@ -45,11 +44,9 @@ from _common import (
     postgres_database,
     redis_answers,
 )
+from autoconfig import POSTGRES_ADMIN_DSN, ROOT, VAR
 
-ROOT = Path(__file__).resolve().parent.parent
-VAR = ROOT / "var" / "bench"
 DATABASE = "mailportal_bench_fanout"
-POSTGRES_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=2"
 REDIS_URL = "redis://127.0.0.1:6379/14"
 PROVIDER_DELAY_S = 0.1
 FIRST_NAMES = ["Juliet", "Romeo", "Mercutio", "Tybalt", "Benvolio", "Rosaline", "Paris", "Nurse"]

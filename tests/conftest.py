@@ -59,6 +59,18 @@ def redis_client() -> Any:
 
 
 @pytest.fixture
+def cache_down(settings: Any) -> None:
+    """Point the cache at a closed port: rate limits must fail closed (RELIABILITY.md 7)."""
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{_free_port()}/0",
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
+    }
+
+
+@pytest.fixture
 def make_provider(db: None) -> Callable[..., Provider]:
     """A saved, validated hosted provider; overrides for fields, domains and servers."""
 

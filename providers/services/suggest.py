@@ -94,7 +94,9 @@ def hosted_answer(*, provider: Provider, query: NameQuery) -> provisioner.Answer
     started = time.perf_counter()
     addresses = suggest_addresses(provider=provider, query=query)
     latency_ms = round((time.perf_counter() - started) * 1000)
-    return provisioner.hosted_answer(provider.primary_domain, addresses, provider.price, latency_ms)
+    domain = _main_domain(provider)
+    provider_id = domain.name if domain else ""
+    return provisioner.hosted_answer(provider_id, addresses, provider.price, latency_ms)
 
 
 def answer_suggestion_client(

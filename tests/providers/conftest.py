@@ -174,6 +174,17 @@ def fake_provider() -> Iterator[Callable[..., FakeProvider]]:
 
 
 @pytest.fixture
+def hosted(make_provider: Callable[..., Provider]) -> Provider:
+    """A hosted provider that the provider list offers (hosted.example)."""
+    return make_provider(
+        domains=("hosted.example",),
+        tos_url="https://hosted.example/tos",
+        privacy_url="https://hosted.example/privacy",
+        name="Hosted Mail",
+    )
+
+
+@pytest.fixture
 def make_remote_provider(
     make_provider: Callable[..., Provider],
 ) -> Callable[..., Provider]:

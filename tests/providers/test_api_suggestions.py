@@ -10,7 +10,6 @@ import contextlib
 import ipaddress
 import json
 import secrets
-import socket
 import threading
 import urllib.error
 import urllib.request
@@ -46,15 +45,6 @@ def _defaults(settings: Any) -> Iterator[None]:
     yield
     with contextlib.suppress(Exception):  # a test may have pointed the cache at nothing
         cache.delete(SUGGESTION_RATE_CACHE_KEY)
-
-
-@pytest.fixture
-def hosted(make_provider: Callable[..., Provider]) -> Provider:
-    return make_provider(
-        domains=("hosted.example",),
-        tos_url="https://hosted.example/tos",
-        privacy_url="https://hosted.example/privacy",
-    )
 
 
 def new_ip() -> str:
@@ -250,19 +240,9 @@ def test_suggestions_through_the_trusted_proxy_count_the_real_client(
 
 
 def test_suggestions_fail_closed_with_503_when_the_cache_is_down(
-    client: Client, hosted: Provider, settings: Any
+    client: Client, hosted: Provider, settings: Any, cache_down: None
 ) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
     settings.RATELIMIT_ENABLE = True
-    settings.CACHES = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": f"redis://127.0.0.1:{closed_port}/0",
-            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
-        }
-    }
 
     response = get(client, new_ipv4())
 

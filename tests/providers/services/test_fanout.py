@@ -33,16 +33,6 @@ def _no_cache(settings: Any) -> None:
     settings.SUGGESTION_GRACE = 0.3
 
 
-@pytest.fixture
-def hosted(make_provider: Callable[..., Provider]) -> Provider:
-    return make_provider(
-        domains=("hosted.example",),
-        tos_url="https://hosted.example/tos",
-        privacy_url="https://hosted.example/privacy",
-        name="Hosted Mail",
-    )
-
-
 def by_provider(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {entry["provider"]: entry for entry in entries}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -10,7 +11,12 @@ from accounts.models import ReservedName
 from accounts.services.accounts import check_address_available, create_account
 from portal.errors import InvalidInput
 from providers.models import Provider, ProviderDomain
-from providers.services.suggest import NameQuery, check_name_query, suggest_addresses
+from providers.services.suggest import (
+    NameQuery,
+    check_name_query,
+    hosted_answer,
+    suggest_addresses,
+)
 
 
 @pytest.fixture
@@ -169,3 +175,18 @@ def test_check_name_query_trims_and_upper_cases_the_country() -> None:
     assert check_name_query(first_name=" Zoë ", last_name="", country="de ") == NameQuery(
         "Zoë", "", "DE"
     )
+
+
+def test_hosted_answer_costs_two_queries_for_a_prefetched_provider(
+    make_provider: Callable[..., Provider], django_assert_num_queries: Any
+) -> None:
+    make_provider()
+    provider = Provider.objects.prefetch_related("domains").get()
+    query = check_name_query(first_name="Juliet", last_name="Capulet")
+
+    # reserved names, taken addresses (one batch), and nothing per candidate or for the id
+    with django_assert_num_queries(2):
+        answer = hosted_answer(provider=provider, query=query)
+
+    assert answer.provider == "example.org"
+    assert len(answer.addresses) == 5
