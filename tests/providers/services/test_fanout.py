@@ -77,11 +77,12 @@ def test_fanout_answers_in_about_the_timeout_with_the_good_providers_and_right_s
     assert entries["broken.example"]["succeeded"] is False
     assert entries["broken.example"]["status"] == "error"
     assert result.partial
-    # Each remote provider was asked exactly once, with the names.
+    # Each remote provider was asked exactly once, with the names, saying who asks.
     for fake in (quick, slow, broken):
         assert len(fake.hits) == 1
         assert fake.hits[0].query["first_name"] == ["Juliet"]
         assert fake.hits[0].query["last_name"] == ["Capulet"]
+        assert fake.hits[0].headers["User-Agent"].startswith("mailportal-suggestions/1 (+")
 
 
 def test_fanout_keeps_diagnostic_keys_off_successful_entries(
