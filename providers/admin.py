@@ -219,6 +219,7 @@ class ProviderAdmin(admin.ModelAdmin):
                     "username_punctuation",
                     "password_min_length",
                     "require_verified_email",
+                    "require_approval",
                     "quota_mb",
                 ]
             },

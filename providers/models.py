@@ -252,6 +252,14 @@ class Provider(models.Model):
             "default (5). Thunderbird shows four and folds the rest."
         ),
     )
+    require_approval = models.BooleanField(
+        "require an administrator's approval",
+        default=False,
+        help_text=_(
+            "New accounts from the public front doors (registration pages, API, QR tokens) "
+            "cannot log in anywhere until an administrator approves them in the account list."
+        ),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -132,6 +132,7 @@ _PROVIDER_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     # Extensions: suggestions (null or left out: the server's default).
     "suggestionTimeout": ("suggestion_timeout", _seconds_or_null),
     "suggestionCount": ("suggestion_count", _whole_number_or_null),
+    "requireApproval": ("require_approval", _boolean),
 }
 _NON_DEFAULT_KEYS = (
     "usernameMinLength",
@@ -141,6 +142,7 @@ _NON_DEFAULT_KEYS = (
     "requireVerifiedEmail",
     "suggestionTimeout",
     "suggestionCount",
+    "requireApproval",
 )
 _SERVER_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "type": ("type", _string),

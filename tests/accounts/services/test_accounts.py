@@ -332,13 +332,13 @@ def test_a_pending_account_is_created_disabled_on_the_mail_server(
     provider: Provider, recording_backend: Any
 ) -> None:
     create(status=AccountStatus.PENDING)
-    actions = [json.loads(line)["action"] for line in recording_backend.read_text().splitlines()]
-    assert actions == ["create", "disable"]
+    requests = [json.loads(line) for line in recording_backend.read_text().splitlines()]
+    assert [(r["action"], r["enabled"]) for r in requests] == [("create", False)]
 
 
-def test_an_active_account_is_only_created_on_the_mail_server(
+def test_an_active_account_is_created_enabled_on_the_mail_server(
     provider: Provider, recording_backend: Any
 ) -> None:
     create()
-    actions = [json.loads(line)["action"] for line in recording_backend.read_text().splitlines()]
-    assert actions == ["create"]
+    requests = [json.loads(line) for line in recording_backend.read_text().splitlines()]
+    assert [(r["action"], r["enabled"]) for r in requests] == [("create", True)]

@@ -578,6 +578,7 @@ def test_account_rules_round_trip_and_defaults_stay_out_of_the_export() -> None:
                 ],
                 "passwordMinLength": 12,
                 "requireVerifiedEmail": True,
+                "requireApproval": True,
             }
         ]
     }
@@ -585,8 +586,10 @@ def test_account_rules_round_trip_and_defaults_stay_out_of_the_export() -> None:
     import_providers(data=data)
     (entry,) = export_providers()["providers"]
 
-    assert Provider.objects.get(slug="strict").require_verified_email is True
+    strict = Provider.objects.get(slug="strict")
+    assert (strict.require_verified_email, strict.require_approval) == (True, True)
     assert (entry["passwordMinLength"], entry["requireVerifiedEmail"]) == (12, True)
+    assert entry["requireApproval"] is True
     assert "usernameMinLength" not in entry
     assert import_providers(data=export_providers()).unchanged == 1
 
