@@ -295,10 +295,19 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = 60
 CELERY_TASK_TIME_LIMIT = 90
 CELERY_RESULT_EXPIRES = 3600
+# With late acknowledgement, Redis hands a task whose worker died (kill -9, lost machine) to
+# another worker once this many seconds have passed since it was taken. Longer than any task
+# runs (else a slow task runs twice; ours are idempotent, but it costs); tests shorten it.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600),
+}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Idempotency records older than 24 h and abandoned email verifications (hourly).
     "purge-registrations": {"task": "accounts.purge_registrations", "schedule": 3600.0},
+    # Settle interrupted account creations/deletions, report accounts and mailboxes that
+    # disagree, align enabled/disabled (accounts/services/reconcile.py; every 5 minutes).
+    "reconcile-mailboxes": {"task": "accounts.reconcile_mailboxes", "schedule": 300.0},
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -385,6 +394,24 @@ MAILBOX_COMMAND = env_str("MAILBOX_COMMAND")
 MAILBOX_COMMAND_TIMEOUT = env_int("MAILBOX_COMMAND_TIMEOUT", 30)
 if MAILBOX_BACKEND == "command" and not MAILBOX_COMMAND:
     raise ImproperlyConfigured("MAILBOX_BACKEND=command needs MAILBOX_COMMAND")
+# A creation or deletion still unfinished after this many seconds was interrupted (a crash,
+# a lost connection): the reconciler then finishes it (accounts/services/reconcile.py). It
+# must exceed the longest a request can take: the command's time limit plus hashing.
+MAILBOX_RECONCILE_GRACE = env_int("MAILBOX_RECONCILE_GRACE", 600)
+if MAILBOX_RECONCILE_GRACE <= 2 * MAILBOX_COMMAND_TIMEOUT:
+    raise ImproperlyConfigured(
+        "MAILBOX_RECONCILE_GRACE must exceed twice MAILBOX_COMMAND_TIMEOUT (seconds)"
+    )
+# Dovecot's doveadm HTTP API (deploy/dovecot/README.md). With the `sql` backend the portal
+# uses it to end the open IMAP sessions of an account that is disabled, deleted or given a
+# new password, which a changed row alone does not do. Unset: sessions end when they
+# log in again.
+DOVEADM_API_URL = (
+    env_url("DOVEADM_API_URL", "", {"http", "https"}) if env_str("DOVEADM_API_URL") else ""
+)
+DOVEADM_API_KEY = env_secret("DOVEADM_API_KEY")
+if bool(DOVEADM_API_URL) != bool(DOVEADM_API_KEY):
+    raise ImproperlyConfigured("set both DOVEADM_API_URL and DOVEADM_API_KEY, or neither")
 PUSHPROXY_ALLOW_PLAINTEXT = env_bool("PUSHPROXY_ALLOW_PLAINTEXT", False)
 PUSHPROXY_SEAL_KEY = env_secret("PUSHPROXY_SEAL_KEY")  # empty: derived from SECRET_KEY
 # Apple configuration profiles are signed when both files are given (PEM); see

@@ -137,6 +137,7 @@ def dovecot(
     """A private Dovecot from deploy/dovecot/ on a free port, reading the test database.
 
     Started once per session and stopped at its end (before the test database is dropped).
+    Its doveadm HTTP API listens too: `dovecot_api` points the portal at it.
     Dovecot reads through its own database connection, so tests that log in must commit:
     `@pytest.mark.django_db(transaction=True)`. Keep sessions few and short (log out).
     """
@@ -152,7 +153,9 @@ def dovecot(
     # Not pytest's tmp_path: run as root, the mail is stored by the dovecot user, who
     # cannot enter pytest's private (0700) base directory.
     state = Path(tempfile.mkdtemp(prefix="mailportal-dovecot-"))
-    instance = private_dovecot.PrivateDovecot(state_dir=state, database=database, port=_free_port())
+    instance = private_dovecot.PrivateDovecot(
+        state_dir=state, database=database, port=_free_port(), doveadm_port=_free_port()
+    )
     try:
         instance.start()
     except private_dovecot.DovecotError as exc:
@@ -161,3 +164,127 @@ def dovecot(
     yield instance
     instance.stop()
     shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture
+def dovecot_api(dovecot: private_dovecot.PrivateDovecot, settings: Any) -> None:
+    """The portal ends sessions through the private Dovecot's doveadm API (DOVEADM_API_*)."""
+    settings.DOVEADM_API_URL = dovecot.api_url
+    settings.DOVEADM_API_KEY = dovecot.doveadm_key
+
+
+class PortalServer:
+    """The portal under gunicorn in its own processes, on the test database (see fixture)."""
+
+    def __init__(self, *, port: int, env: dict[str, str], log: Any) -> None:
+        import subprocess
+        import sys
+
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "portal.wsgi",
+                "--workers",
+                "1",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--graceful-timeout",
+                "2",
+            ],
+            cwd=django_settings.BASE_DIR,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        import socket
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"gunicorn did not start; see {self.log.name}") from None
+                time.sleep(0.1)
+
+    def worker_pids(self) -> list[int]:
+        """gunicorn's worker processes (children of its master)."""
+        from pathlib import Path
+
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in children.read_text().split()]
+
+    def stop(self) -> None:
+        import os
+        import signal
+        import subprocess
+
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def database_url(database: dict[str, Any]) -> str:
+    """A DATABASE_URL naming `database` (a connection's settings_dict), for child processes."""
+    from urllib.parse import quote
+
+    if database["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{database['NAME']}"
+    user = quote(database.get("USER") or "")
+    password = f":{quote(database['PASSWORD'])}" if database.get("PASSWORD") else ""
+    host = database.get("HOST") or "127.0.0.1"
+    port = f":{database['PORT']}" if database.get("PORT") else ""
+    return f"postgres://{user}{password}@{host}{port}/{quote(database['NAME'])}"
+
+
+@pytest.fixture
+def portal_server(transactional_db: None, tmp_path: Any) -> Iterator[Callable[..., PortalServer]]:
+    """Start the portal under gunicorn (one worker) on the test database; stopped after.
+
+    `portal_server(**env)` adds or overrides environment variables (None removes one).
+    REDIS_URL is removed unless given: the child's rate limits and Celery stay its own.
+    Its output goes to a log file under tmp_path.
+    """
+    from django.db import connection
+
+    servers: list[PortalServer] = []
+
+    def start(**overrides: str | None) -> PortalServer:
+        port = _free_port()
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url(dict(connection.settings_dict)),
+            "PORTAL_BASE_URL": f"http://127.0.0.1:{port}",
+            "PORTAL_ALLOWED_HOSTS": "127.0.0.1",
+        }
+        env.pop("REDIS_URL", None)
+        for name, value in overrides.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+        log = (tmp_path / f"gunicorn-{port}.log").open("wb")
+        server = PortalServer(port=port, env=env, log=log)
+        servers.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+        server.log.close()
