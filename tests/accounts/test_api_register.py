@@ -1065,3 +1065,33 @@ def test_builtin_reserved_names_cannot_be_registered(client: Client, provider: P
         response = post(client, message(username=name, thirdPIDs=[]))
         assert response.status_code == HTTPStatus.BAD_REQUEST
         assert "payload.username" in response.json()["payload"]["fields"]
+
+
+# ----- administrator approval (check 4) -----------------------------------------------------
+
+
+def test_register_where_approval_is_required_answers_202_awaiting_approval(
+    client: Client, make_provider: Callable[..., Provider]
+) -> None:
+    make_provider(require_approval=True)
+
+    response = post(client, message())
+
+    assert response.status_code == HTTPStatus.ACCEPTED
+    assert response.json()["payload"] == {"userID": "@juliet@example.org", "approval": "pending"}
+    assert MailAccount.objects.get().status == AccountStatus.APPROVAL
+    assert not MailAccount.objects.active().exists()
+
+
+def test_verified_email_then_awaits_approval_where_both_are_required(
+    client: Client, make_provider: Callable[..., Provider], smtp_inbox: _Inbox
+) -> None:
+    make_provider(require_verified_email=True, require_approval=True)
+    first = post(client, message())
+    assert first.json()["payload"]["verification"] == "pending"
+
+    response = post(client, verify_message(smtp_inbox.code()), url=VERIFY_URL)
+
+    assert response.status_code == HTTPStatus.OK
+    assert response.json()["payload"]["approval"] == "pending"
+    assert MailAccount.objects.get().status == AccountStatus.APPROVAL
