@@ -288,3 +288,55 @@ def portal_server(transactional_db: None, tmp_path: Any) -> Iterator[Callable[..
     for server in servers:
         server.stop()
         server.log.close()
+
+
+# Debian's Chromium, driven by Playwright (never a browser Playwright downloads itself). The
+# flags are the machine's: no sandbox as root, and no background traffic to Google's hosts.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    """One headless Chromium for the session; skips (fails under REQUIRE_SERVICES) without it.
+
+    Playwright's sync API keeps an event loop in this thread, which Django's ORM takes for an
+    async context: DJANGO_ALLOW_ASYNC_UNSAFE lets the tests query the database between
+    browser steps (test code only; the server under test runs in live_server's thread).
+    """
+    from pathlib import Path
+
+    if not Path(CHROMIUM).exists():
+        need_service("Chromium", f"{CHROMIUM} is missing (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            yield browser
+            browser.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture
+def page(chromium: Any) -> Iterator[Any]:
+    """A fresh browser context (no cookies) and page, English, phone-sized width allowed."""
+    context = chromium.new_context(locale="en-US")
+    page = context.new_page()
+    yield page
+    context.close()
