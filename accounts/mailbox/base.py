@@ -1,4 +1,4 @@
-"""The mailbox backend interface: create, delete, set password, disable, enable, list."""
+"""The mailbox backend interface: create, delete, set password, disable, enable, list, usage."""
 
 from __future__ import annotations
 
@@ -55,6 +55,18 @@ class Inventory:
     lists_disabled: bool
 
 
+@dataclass(frozen=True)
+class Usage:
+    """What one mailbox stores on the mail server, in bytes, and its limit there (None: none).
+
+    For self-service (the Account call, the overview page): the number is the mail
+    server's own, not an estimate of the portal's.
+    """
+
+    used_bytes: int
+    limit_bytes: int | None
+
+
 class MailboxBackend(ABC):
     """How accounts become real on the mail server (accounts.services.accounts calls it).
 
@@ -90,4 +102,12 @@ class MailboxBackend(ABC):
         """The mailboxes of `domains` (A-labels) as the mail server sees them.
 
         MailboxError if the mail server cannot tell.
+        """
+
+    @abstractmethod
+    def usage(self, address: str) -> Usage | None:
+        """The storage `address` uses and may use, as the mail server counts it.
+
+        None when this backend is not set up to ask (the caller shows "unknown");
+        MailboxError if the mail server could not answer. Changes nothing.
         """

@@ -4,7 +4,7 @@ For mail servers that manage their own users (poste.io, mailcow scripts, a dovea
 wrapper). The program is MAILBOX_COMMAND (split like a shell would, no shell involved).
 It reads one JSON object from stdin:
 
-    {"action": "create" | "delete" | "set-password" | "disable" | "enable" | "list",
+    {"action": "create" | "delete" | "set-password" | "disable" | "enable" | "list" | "usage",
      "address": "juliet@example.org", "passwordHash": "{ARGON2ID}$argon2id$...",
      "password": "<clear text, create and set-password only>", "quotaMB": 1024,
      "fullName": "Juliet Capulet", "enabled": true}
@@ -15,6 +15,11 @@ It reads one JSON object from stdin:
 mailboxes of those domains on stdout as JSON:
 
     {"mailboxes": [{"address": "juliet@example.org", "enabled": true}, ...]}
+
+`usage` carries only the address and must print the storage the mailbox uses on the mail
+server, in bytes, and its limit there (0: no limit), as JSON; nothing changes:
+
+    {"usedBytes": 5120, "limitBytes": 1073741824}
 
 Exit status 0 means done; anything else means nothing was changed: the account change is
 rolled back and the first line of stderr is reported, with the password removed if the
@@ -35,7 +40,7 @@ import subprocess
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from accounts.mailbox.base import Inventory, MailboxBackend, MailboxError, MailboxRequest
+from accounts.mailbox.base import Inventory, MailboxBackend, MailboxError, MailboxRequest, Usage
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +83,18 @@ class CommandBackend(MailboxBackend):
             if address.rpartition("@")[2] in domains
         }
         return Inventory(mailboxes=in_domains, lists_disabled=True)
+
+    def usage(self, address: str) -> Usage | None:
+        output = self._run("usage", address, {})
+        try:
+            answer = json.loads(output)
+            used, limit = answer["usedBytes"], answer.get("limitBytes", 0)
+            if not all(type(n) is int and n >= 0 for n in (used, limit)):
+                raise TypeError("not a byte count")
+        except (ValueError, TypeError, KeyError) as exc:
+            logger.error("mailbox command usage: unreadable answer (%s)", type(exc).__name__)
+            raise MailboxError("The mailbox program's usage is not in the expected form.") from None
+        return Usage(used_bytes=used, limit_bytes=limit or None)
 
     def _run(
         self,

@@ -1,7 +1,8 @@
 """A client of Dovecot's doveadm HTTP API (`doveadm_api_key`, `service doveadm` http listener).
 
 Used by the `sql` backend to end an account's open sessions (`kick`), which Dovecot keeps
-after the row that let them log in changed. Requests and answers are doveadm's JSON form:
+after the row that let them log in changed, and to read the storage an account uses
+(`quotaGet`). Requests and answers are doveadm's JSON form:
 `[[command, parameters, tag]]` in, `[["doveadmResponse", result, tag]]` or
 `[["error", {"type": "exitCode", "exitCode": N}, tag]]` out.
 """
@@ -16,6 +17,8 @@ import urllib.request
 from typing import Any
 
 from django.conf import settings
+
+from accounts.mailbox.base import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -75,3 +78,21 @@ def kick(address: str) -> bool:
             return False
         raise
     return True
+
+
+def usage(address: str) -> Usage:
+    """The STORAGE quota resource of `address` (`doveadm quota get`), in bytes.
+
+    Dovecot reports KiB; a limit of "-" (or 0) is no limit. DoveadmError if Dovecot cannot
+    tell (unknown user, no quota plugin) or answers in another form.
+    """
+    result = call("quotaGet", {"user": address})
+    try:
+        storage = [row for row in result if row["type"] == "STORAGE"]
+        used = sum(int(row["value"]) for row in storage)
+        limits = [int(row["limit"]) for row in storage if row["limit"] not in {"-", "", "0"}]
+    except (TypeError, ValueError, KeyError):
+        raise DoveadmError("doveadm quotaGet gave an answer in an unknown form") from None
+    if not storage:
+        raise DoveadmError("doveadm quotaGet reported no STORAGE resource")
+    return Usage(used_bytes=used * 1024, limit_bytes=min(limits) * 1024 if limits else None)

@@ -4,8 +4,9 @@ Nothing to create on the mail server: a committed `ready` row is a mailbox that
 authenticates (Dovecot creates the maildir at first login), a disabled or deleted row is one
 that does not. Sessions already open outlive the row, so after a disable, a delete or a new
 password the account's sessions are ended through doveadm's HTTP API when it is configured
-(DOVEADM_API_URL), once the change is committed. Storage on disk of a deleted account is
-removed by the operator (`doveadm`), see deploy/dovecot/README.md.
+(DOVEADM_API_URL), once the change is committed; the same API reports the storage an
+account uses (Dovecot's quota count, deploy/dovecot/dovecot.conf). Storage on disk of a
+deleted account is removed by the operator (`doveadm`), see deploy/dovecot/README.md.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 from django.db import connection, transaction
 
 from accounts.mailbox import doveadm
-from accounts.mailbox.base import Inventory, MailboxBackend, MailboxRequest
+from accounts.mailbox.base import Inventory, MailboxBackend, MailboxError, MailboxRequest, Usage
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,15 @@ class SqlBackend(MailboxBackend):
             )
             rows = cursor.fetchall()
         return Inventory(mailboxes={row[0]: True for row in rows}, lists_disabled=False)
+
+    def usage(self, address: str) -> Usage | None:
+        """Dovecot's own count (`doveadm quota get` through the HTTP API), when configured."""
+        if not doveadm.configured():
+            return None
+        try:
+            return doveadm.usage(address)
+        except doveadm.DoveadmError as exc:
+            raise MailboxError(f"The mail server did not report the usage: {exc}") from None
 
 
 def _end_sessions_after_commit(address: str) -> None:

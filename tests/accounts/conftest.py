@@ -40,7 +40,13 @@ class MailServer:
     def add(self, address: str, *, enabled: bool = True) -> None:
         """A mailbox made on the mail server by someone else (not through the portal)."""
         boxes = self.mailboxes()
-        boxes[address] = {"hash": "{ARGON2ID}elsewhere", "enabled": enabled}
+        boxes[address] = {"hash": "{ARGON2ID}elsewhere", "enabled": enabled, "limit": 0}
+        self.state.write_text(json.dumps(boxes), encoding="utf-8")
+
+    def store(self, address: str, used_bytes: int) -> None:
+        """Mail arrived: the mailbox now uses `used_bytes`."""
+        boxes = self.mailboxes()
+        boxes[address]["used"] = used_bytes
         self.state.write_text(json.dumps(boxes), encoding="utf-8")
 
 

@@ -4,7 +4,8 @@ Run as MAILBOX_COMMAND (`python mailbox_server.py STATE [--pause WHEN --marker F
 keeps mailboxes in the JSON file STATE and follows the backend contract of
 accounts/mailbox/base.py exactly as an operator's script must: `create` refuses an address
 that exists, `delete` of an absent one succeeds, `list` prints the mailboxes of the asked
-domains. Each effect is also appended to STATE.log, so a test can count them.
+domains, `usage` prints the bytes a mailbox uses (its "used", which a test sets) and its
+limit. Each effect is also appended to STATE.log, so a test can count them.
 
 `--pause before-create` / `after-create` writes MARKER and sleeps at that point of a
 create, so a test can kill the portal process there (RELIABILITY.md check 5). It pauses
@@ -51,11 +52,22 @@ def _apply(action: str, request: dict[str, Any], mailboxes: dict[str, Any], stat
         ]
         sys.stdout.write(json.dumps({"mailboxes": listed}))
         return 0
+    if action == "usage":
+        box = mailboxes.get(address)
+        if box is None:
+            sys.stderr.write(f"no mailbox {address}\n")
+            return 1
+        sys.stdout.write(json.dumps({"usedBytes": box.get("used", 0), "limitBytes": box["limit"]}))
+        return 0
     if action == "create":
         if address in mailboxes:
             sys.stderr.write(f"{address} exists already\n")
             return 1
-        mailboxes[address] = {"hash": request["passwordHash"], "enabled": request["enabled"]}
+        mailboxes[address] = {
+            "hash": request["passwordHash"],
+            "enabled": request["enabled"],
+            "limit": request["quotaMB"] * 1024 * 1024,
+        }
     elif action == "delete":
         if mailboxes.pop(address, None) is None:
             return 0  # nothing to delete: done, and nothing to log
