@@ -1,8 +1,9 @@
-"""Mail accounts, their third-party IDs, reserved names and registration idempotency records."""
+"""Mail accounts, their third-party IDs and self-service sessions, reserved names and
+registration idempotency records."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -173,6 +174,50 @@ class VerificationCode(models.Model):
 
     def __str__(self) -> str:
         return f"verification of {self.third_pid}"
+
+
+class AccountSessionQuerySet(models.QuerySet["AccountSession"]):
+    def unexpired(self, at: datetime | None = None) -> AccountSessionQuerySet:
+        """Sessions whose idle and absolute limits have not passed (at `at`, default now)."""
+        return self.filter(expires_at__gt=at or timezone.now())
+
+    def active_for(self, account: MailAccount) -> AccountSessionQuerySet:
+        """The account's sessions that still let their holder in, most recently used first."""
+        return self.unexpired().filter(account_id=account.pk).order_by("-last_used_at", "-pk")
+
+
+class AccountSession(models.Model):
+    """A self-service login of an account (specs/account-api.md; accounts.services.sessions).
+
+    Only the SHA-256 of the session token is stored: the token itself exists in the
+    holder's cookie (or the loginPayload of an in-band registration) and nowhere else. The
+    CSRF value is derived from the token, so it needs no column. `expires_at` is the
+    earlier of "idle time after the last use" and "maximum age after creation"; use moves
+    it forward (accounts.services.sessions.authenticate).
+    """
+
+    account = models.ForeignKey(MailAccount, on_delete=models.CASCADE, related_name="sessions")
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    user_agent = models.CharField(max_length=300, blank=True)
+    ip = models.GenericIPAddressField("IP address", null=True, blank=True)
+
+    objects = AccountSessionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-last_used_at"]
+        indexes = [
+            # The periodic purge of expired rows (accounts.services.sessions.purge_sessions).
+            models.Index(fields=["expires_at"], name="accountsession_expires"),
+        ]
+
+    def __str__(self) -> str:
+        return f"session {self.pk} of {self.account}"
+
+    def is_valid(self, *, at: datetime) -> bool:
+        return self.expires_at > at
 
 
 class ReservedName(models.Model):

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import ipaddress
 import logging
+import re
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 
 from django.conf import settings
+from django.core.cache import caches
 from django.http import HttpRequest, JsonResponse
 from django_ratelimit.core import get_usage
 
 from portal.errors import PortalError, ServiceUnavailable
+from portal.proxies import client_ip
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +54,142 @@ REGISTRATION_VERIFY = Policy(
 # one outbound call per provider, so this is what stops a client from using the portal to
 # hammer providers' suggestion engines (the provisioner seed: "N queries per M minutes").
 SUGGESTIONS = Policy(group="providers.suggestions", rate_setting="SUGGESTION_RATE")
+
+
+# Self-service LoginPrep (POST /api/v1/account/login-prep, GET /account/login): each client
+# address may fetch LOGIN_PREP_RATE login tokens (60 a minute). Tokens live in the cache
+# until used or expired; this keeps one host from filling it. No failure counter below is
+# touched by it (RELIABILITY.md check 13: no other action resets a counter).
+LOGIN_PREP = Policy(group="accounts.login_prep", rate_setting="LOGIN_PREP_RATE")
+
+
+@dataclass(frozen=True)
+class FailureLimit:
+    """Failed attempts counted per client address or per name, in fixed windows.
+
+    django-ratelimit counts every request and offers no way to forgive one, which a login
+    limit needs (a success resets the address's count); these counters live in the same
+    cache, with the same atomic add/incr and the same fail-closed rule.
+    """
+
+    group: str
+    rate_setting: str
+
+    @property
+    def rate(self) -> tuple[int, int]:
+        """(attempts, seconds) from the setting, e.g. "10/m" -> (10, 60)."""
+        return _split_rate(getattr(settings, self.rate_setting))
+
+
+# Logins (API and page) and SetPassword's current password, per client address: at most
+# LOGIN_FAILURES_PER_IP_RATE failures (10 a minute; IPv6 by /64), then 429 until the
+# window ends. A successful login forgives that address's failures, and nothing else does.
+LOGIN_FAILURES_PER_IP = FailureLimit(
+    group="accounts.login.ip", rate_setting="LOGIN_FAILURES_PER_IP_RATE"
+)
+# The same, per account name (whether or not the account exists, so that the answer does not
+# tell): at most LOGIN_FAILURES_PER_ACCOUNT_RATE failures (100 an hour) from all addresses
+# together, which bounds a distributed guess at one password. Success forgives nothing here
+# but its own attempt.
+LOGIN_FAILURES_PER_ACCOUNT = FailureLimit(
+    group="accounts.login.account", rate_setting="LOGIN_FAILURES_PER_ACCOUNT_RATE"
+)
+
+_PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_RATE = re.compile(r"^(\d+)/(\d*)([smhd])$")
+# Counter keys outlive their window by this much, so that a late increment never finds the
+# key gone (an increment of a missing key would create one without expiry).
+_KEY_GRACE_SECONDS = 60
+
+
+def _split_rate(rate: str) -> tuple[int, int]:
+    match = _RATE.match(rate)
+    if match is None:
+        raise ValueError(f"not a rate: {rate!r}")
+    count, multiple, unit = match.groups()
+    return int(count), _PERIODS[unit] * int(multiple or 1)
+
+
+def address_key(request: HttpRequest) -> str:
+    """The client address as counters see it: IPv4 as is, IPv6 by its /64."""
+    address = client_ip(request)
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if parsed.version == 6:
+        return str(ipaddress.ip_network(f"{parsed}/64", strict=False).network_address)
+    return str(parsed)
+
+
+class _Counter:
+    """One fixed-window failure counter (a cache key) of a FailureLimit and a value."""
+
+    def __init__(self, limit: FailureLimit, value: str, now: float) -> None:
+        self.limit, self.period = limit.rate
+        window = int(now) - int(now) % self.period
+        digest = hashlib.sha256(value.encode()).hexdigest()
+        self.key = f"fail:{limit.group}:{digest}:{window}"
+        self.retry_after = max(1, window + self.period - int(now))
+        self.cache = caches[settings.RATELIMIT_USE_CACHE]
+
+    def count(self) -> int:
+        self.cache.add(self.key, 0, self.period + _KEY_GRACE_SECONDS)
+        return int(self.cache.incr(self.key))
+
+    def take_back(self) -> None:
+        with contextlib.suppress(ValueError):  # the key is gone: nothing to take back
+            self.cache.decr(self.key)
+
+    def reset(self) -> None:
+        self.cache.delete(self.key)
+
+
+@contextlib.contextmanager
+def credential_attempt(
+    request: HttpRequest, *, name: str, failure: type[Exception], forgive_address: bool = True
+) -> Iterator[None]:
+    """Guard one check of a password against the LOGIN_FAILURES_* limits.
+
+    The attempt is counted as a failure before the password is checked, so concurrent
+    attempts cannot overshoot a limit: past either limit RateLimited is raised and no
+    password is checked. If the block raises `failure` (a wrong password) the count stays;
+    if it succeeds, the attempt is taken back from `name`'s count and, for a login
+    (`forgive_address`), the client address's failures are forgiven (reset); any other
+    error takes the attempt back from both. Fails closed: RateLimiterUnavailable when the
+    cache cannot count.
+    """
+    if not getattr(settings, "RATELIMIT_ENABLE", True):
+        yield
+        return
+    now = time.time()
+    by_address = _Counter(LOGIN_FAILURES_PER_IP, address_key(request), now)
+    by_name = _Counter(LOGIN_FAILURES_PER_ACCOUNT, name.strip().lower(), now)
+    try:
+        over = [c for c in (by_address, by_name) if c.count() > c.limit]
+    except Exception as exc:  # the backend's own errors (redis.RedisError, OSError, ...)
+        logger.warning("login failure counters: cache unavailable: %s", type(exc).__name__)
+        raise RateLimiterUnavailable() from None
+    if over:
+        raise RateLimited(retry_after=max(counter.retry_after for counter in over))
+    try:
+        yield
+    except failure:
+        raise
+    except BaseException:
+        with contextlib.suppress(Exception):
+            by_address.take_back()
+            by_name.take_back()
+        raise
+    try:
+        if forgive_address:
+            by_address.reset()
+        else:
+            by_address.take_back()
+        by_name.take_back()
+    except Exception as exc:
+        # The login stands; the counts merely stay a little high until the window ends.
+        logger.warning("login failure counters: not updated: %s", type(exc).__name__)
 
 
 class RateLimited(PortalError):

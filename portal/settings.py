@@ -351,6 +351,10 @@ if PORTAL_HTTPS:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
+    # The administrators' cookies, bound to this exact origin (RELIABILITY.md check 14:
+    # browsers accept `__Host-` only Secure, with Path=/ and no Domain).
+    SESSION_COOKIE_NAME = "__Host-sessionid"
+    CSRF_COOKIE_NAME = "__Host-csrftoken"
     SECURE_HSTS_SECONDS = 31_536_000
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     # The preload directive only states consent; nothing is submitted to any list.
@@ -380,6 +384,11 @@ REGISTRATION_RATE = "10/h"
 REGISTRATION_VERIFY_RATE = "30/h"
 # Largest registration request body read, in bytes; a real one is a few hundred.
 REGISTRATION_MAX_BODY_BYTES = 16_384
+# Self-service login (accounts/services/sessions.py, portal.ratelimit.LOGIN_*): failed
+# logins counted per client address and per account name, and LoginPrep calls per address.
+LOGIN_FAILURES_PER_IP_RATE = "10/m"
+LOGIN_FAILURES_PER_ACCOUNT_RATE = "100/h"
+LOGIN_PREP_RATE = "60/m"
 
 # ---------------------------------------------------------------------------------------------
 # Mail-domain settings
@@ -435,6 +444,21 @@ EMAIL_USE_TLS = EMAIL_SECURITY == "starttls"
 EMAIL_USE_SSL = EMAIL_SECURITY == "tls"
 EMAIL_TIMEOUT = 10
 DEFAULT_FROM_EMAIL = env_str("PORTAL_MAIL_FROM", "mailportal@localhost")
+
+# ---------------------------------------------------------------------------------------------
+# Account self-service sessions (specs/account-api.md; docs/self-service.md)
+# ---------------------------------------------------------------------------------------------
+
+# A session ends after this many seconds without use, and at the latest this long after
+# the login, however busy (ASVS 7.3.1, 7.3.2).
+ACCOUNT_SESSION_IDLE_SECONDS = env_int("ACCOUNT_SESSION_IDLE_SECONDS", 3600)
+ACCOUNT_SESSION_MAX_SECONDS = env_int("ACCOUNT_SESSION_MAX_SECONDS", 86_400)
+if not 0 < ACCOUNT_SESSION_IDLE_SECONDS <= ACCOUNT_SESSION_MAX_SECONDS:
+    raise ImproperlyConfigured(
+        "ACCOUNT_SESSION_IDLE_SECONDS must be positive and at most ACCOUNT_SESSION_MAX_SECONDS"
+    )
+# A LoginPrep token is good for one Login within this many seconds.
+LOGIN_TOKEN_SECONDS = 600
 
 # How long clients may cache an autoconfig document (it also carries an ETag).
 AUTOCONFIG_MAX_AGE = 3600

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -19,7 +20,9 @@ from django.utils import timezone
 
 from accounts import passwords
 from accounts.mailbox import MailboxError, MailboxRequest, get_backend
+from accounts.mailbox.base import Usage
 from accounts.models import (
+    AccountSession,
     AccountStatus,
     CreatedVia,
     MailAccount,
@@ -27,6 +30,7 @@ from accounts.models import (
     ReservedName,
     ThirdPartyID,
 )
+from accounts.services import sessions
 from accounts.services.names import (
     BUILTIN_RESERVED,
     check_local_part,
@@ -344,12 +348,19 @@ def roll_back_creation(*, account: MailAccount) -> bool:
     return bool(deleted)
 
 
-def set_password(*, account: MailAccount, password: str, check_policy: bool = True) -> None:
+def set_password(
+    *,
+    account: MailAccount,
+    password: str,
+    check_policy: bool = True,
+    keep_session: AccountSession | None = None,
+) -> None:
     """Give the account a new password; the mail server sees it at once.
 
     Errors: `weak_password` (unless check_policy is off, for generated passwords),
     `mailbox_failed`. Side effects: the hash and password_changed_at are updated inside a
-    transaction in which the backend changes the mailbox.
+    transaction in which the backend changes the mailbox (which ends the open IMAP sessions
+    where it can) and every self-service session of the account but `keep_session` ends.
     """
     if check_policy:
         email = account.third_pids.filter(kind="email").values_list("value", flat=True).first()
@@ -364,8 +375,97 @@ def set_password(*, account: MailAccount, password: str, check_policy: bool = Tr
     account.password_changed_at = timezone.now()
     with transaction.atomic():
         account.save(update_fields=["password", "password_changed_at", "updated_at"])
+        sessions.end_other_sessions(account=account, keep=keep_session)
         get_backend().set_password(mailbox_request(account, password))
     logger.info("password changed: %s", account.address)
+
+
+class WrongPassword(InvalidInput):
+    code = "wrong_password"
+    default_message = "The current password is wrong."
+
+
+def change_password(
+    *, account: MailAccount, current_password: str, password: str, session: AccountSession
+) -> None:
+    """The owner's password change (SetPassword): the current password first (ASVS 6.2.3).
+
+    The hasher runs once for the current password, then the policy and set_password.
+    Errors: `wrong_password`, `weak_password` (also for the current password again),
+    `mailbox_failed`. Side effects: those of
+    set_password; `session`, the one asking, stays open and every other one ends.
+    """
+    if not passwords.verify_password(current_password, account.password):
+        raise WrongPassword()
+    if password == current_password:
+        raise WeakPassword("The new password must differ from the current one.")
+    set_password(account=account, password=password, keep_session=session)
+
+
+FULL_NAME_MAX_LENGTH = 200
+
+
+def change_full_name(*, account: MailAccount, full_name: str) -> None:
+    """Save the name shown as the sender's display name (AccountSaveFullName).
+
+    Surrounding white space is dropped; an empty name is allowed. Errors: `invalid_full_name`
+    (longer than 200 characters, or control characters). The mail server is not told: the
+    name is not part of what it reads (the dovecot_users view, the command's `create`).
+    """
+    name = full_name.strip()
+    if len(name) > FULL_NAME_MAX_LENGTH:
+        raise InvalidInput(
+            f"Use at most {FULL_NAME_MAX_LENGTH} characters.", code="invalid_full_name"
+        )
+    if any(unicodedata.category(char) in {"Cc", "Cf", "Zl", "Zp"} for char in name):
+        raise InvalidInput(
+            "The name cannot contain control or formatting characters.", code="invalid_full_name"
+        )
+    account.full_name = name
+    account.save(update_fields=["full_name", "updated_at"])
+    logger.info("full name changed: %s", account.address)
+
+
+@dataclass(frozen=True)
+class AccountSummary:
+    """What the owner sees of the account (the Account call, the overview page).
+
+    `storage_used` is None when the mail server cannot tell now; `storage_limit` is the
+    mail server's limit, else the account's quota (0: no limit); both in bytes.
+    """
+
+    account: MailAccount
+    storage_used: int | None
+    storage_limit: int
+    third_pids: tuple[ThirdPartyID, ...]
+
+
+def account_summary(*, account: MailAccount) -> AccountSummary:
+    """The account with its storage as the mail server counts it, and its third-party IDs."""
+    usage = storage_usage(account)
+    if usage is not None and usage.limit_bytes is not None:
+        limit = usage.limit_bytes
+    else:
+        limit = account.effective_quota_mb * 1024 * 1024
+    return AccountSummary(
+        account=account,
+        storage_used=usage.used_bytes if usage is not None else None,
+        storage_limit=limit,
+        third_pids=tuple(account.third_pids.order_by("kind", "value")),
+    )
+
+
+def storage_usage(account: MailAccount) -> Usage | None:
+    """How much the account stores on the mail server, and its limit there.
+
+    None when the mail server cannot tell now (not configured for it, unreachable): the
+    failure is logged and the caller shows the number as unknown.
+    """
+    try:
+        return get_backend().usage(account.address)
+    except MailboxError as exc:
+        logger.warning("storage usage of %s unknown: %s", account.address, exc.message)
+        return None
 
 
 def reset_password(*, account: MailAccount) -> str:
@@ -379,7 +479,8 @@ def set_status(*, account: MailAccount, status: AccountStatus) -> bool:
     """Disable, enable or approve an account; False if it already had that status.
 
     Side effects: the row's status and, in the same transaction, the mailbox backend's
-    enable or disable (only `active` accounts log in; disabling ends open sessions).
+    enable or disable (only `active` accounts log in; any other status ends the open IMAP
+    sessions where the backend can, and every self-service session).
     """
     if account.status == status:
         return False
@@ -395,6 +496,8 @@ def set_status(*, account: MailAccount, status: AccountStatus) -> bool:
         if status == AccountStatus.ACTIVE:
             backend.enable(account.address)
         else:
+            # Its self-service sessions end with it (RELIABILITY.md check 15).
+            sessions.end_other_sessions(account=account, keep=None)
             backend.disable(account.address)
     account.status = status
     logger.info("account %s: status %s", account.address, status)
