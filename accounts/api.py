@@ -21,7 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts import cpe3
+from accounts import cpe3, web
 from accounts.models import AccountStatus
 from accounts.serializers import RegisterErrorOut, RegisterIn, RegisterOut, RegisterVerifyIn
 from accounts.services import registration, verification
@@ -269,6 +269,7 @@ class RegisterView(CPE3View):
                 third_pids=tuple((p["type"], p["value"]) for p in payload.get("thirdPIDs", [])),
                 password=payload["password"],
                 login_on_success=payload.get("loginOnSuccess", False),
+                client=web.client_info(request),
             ),
             idempotency_key=key or data["id"],
             request_body=body,

@@ -23,16 +23,27 @@ REG_DISABLED = "urn:cadmium:profile:register:reg_disabled"
 RATELIMIT = "urn:cadmium:ratelimit"
 BAD_REQUEST = "urn:cadmium:profile:register:bad_request"
 WEAK_PASSWORD = "urn:cadmium:profile:register:weak_password"  # noqa: S105 - an error id
-# Extensions (docs/api.md): idempotency, outages, verification, sessions not built yet.
+# Extensions (docs/api.md): idempotency, outages, verification, loginOnSuccess refusals.
 IDEMPOTENCY_MISMATCH = "urn:cadmium:profile:register:idempotency_mismatch"
 IN_PROGRESS = "urn:cadmium:profile:register:in_progress"
 UNAVAILABLE = "urn:cadmium:profile:register:unavailable"
 VERIFICATION_FAILED = "urn:cadmium:profile:register:verification_failed"
 VERIFICATION_EXPIRED = "urn:cadmium:profile:register:verification_expired"
-LOGIN_UNSUPPORTED = "urn:cadmium:profile:login:unsupported"
+# payload.loginError when loginOnSuccess gave no loginPayload, and why.
+LOGIN_NOT_ACTIVE = "urn:cadmium:profile:login:not_active"
+LOGIN_REPLAYED = "urn:cadmium:profile:login:replayed"
+LOGIN_UNAVAILABLE = "urn:cadmium:profile:login:unavailable"
 
-LOGIN_UNSUPPORTED_TEXT = (
-    "The account was created, but sessions are not available yet: log in with the address "
+LOGIN_NOT_ACTIVE_TEXT = (
+    "The account was created but cannot log in before it is verified or approved: log in "
+    "afterwards with the address and password."
+)
+LOGIN_REPLAYED_TEXT = (
+    "This is the stored answer of an earlier identical request, which never holds a session: "
+    "log in with the address and password."
+)
+LOGIN_UNAVAILABLE_TEXT = (
+    "The account was created but no session could be opened now: log in with the address "
     "and password."
 )
 
@@ -124,3 +135,22 @@ def failure(
         message_id=message_id, message_type=message_type, origin=origin, ok=False, payload=payload
     )
     return Answer(status=status, body=body, headers=headers)
+
+
+def login_error(err_id: str, text: str) -> dict[str, Any]:
+    """payload.loginError: why loginOnSuccess gave no loginPayload."""
+    return {"loginError": {"errID": err_id, "errText": text}}
+
+
+def replayable(answer: Answer) -> Answer:
+    """The answer as it may be stored for idempotent replay: without any session.
+
+    A loginPayload (session and CSRF tokens) is for the first answer only; the stored copy
+    says instead that it is a replay (LOGIN_REPLAYED). Other answers are unchanged.
+    """
+    payload = answer.body.get("payload")
+    if not isinstance(payload, dict) or "loginPayload" not in payload:
+        return answer
+    stripped = {key: value for key, value in payload.items() if key != "loginPayload"}
+    stripped.update(login_error(LOGIN_REPLAYED, LOGIN_REPLAYED_TEXT))
+    return Answer(status=answer.status, body={**answer.body, "payload": stripped}, headers={})

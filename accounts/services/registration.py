@@ -16,7 +16,7 @@ from django.utils.crypto import salted_hmac
 
 from accounts import cpe3
 from accounts.models import AccountStatus, CreatedVia, MailAccount, RegistrationRequest
-from accounts.services import verification
+from accounts.services import sessions, verification
 from accounts.services.accounts import (
     AddressTaken,
     DatabaseUnavailable,
@@ -27,6 +27,7 @@ from accounts.services.accounts import (
     hosted_domain,
 )
 from accounts.services.names import NameRefused
+from accounts.services.sessions import ClientInfo
 from portal.errors import Conflict, InvalidInput, PortalError
 from providers.models import ProviderDomain
 
@@ -74,6 +75,8 @@ class InbandRegistration:
     third_pids: tuple[tuple[str, str], ...]
     password: str = field(repr=False)
     login_on_success: bool = False
+    # Who asked: shown in the account's session list when loginOnSuccess opens one.
+    client: ClientInfo = field(default_factory=ClientInfo)
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,9 @@ def register_inband(
     Inputs: the validated request, its idempotency key (Idempotency-Key header or envelope
     id) and the parsed body (fingerprinted, never stored).
     Returns the answer: 201 created, 202 pending verification, or the first answer again
-    (header Idempotent-Replayed) when the key was seen with the same body within 24 h.
+    (header Idempotent-Replayed) when the key was seen with the same body within 24 h. With
+    loginOnSuccess the fresh answer carries a new session (loginPayload); the stored one,
+    and so every replay, does not.
     Errors: `idempotency_mismatch` (same key, other body), `in_progress` (same key still
     running), and those of the registration itself: `reg_disabled`, `bad_request`,
     `invalid_username`/`invalid_email`/`invalid_msisdn`, `weak_password`, `id_exists`,
@@ -107,7 +112,8 @@ def register_inband(
     for replay like a success; after a 5xx the key is released so a retry runs again.
     Side effects: one RegistrationRequest row claimed by INSERT (the unique key decides a
     race); the account, its third-party IDs and, when the provider requires it, a
-    verification code whose mail is sent after commit (call outside a transaction).
+    verification code whose mail is sent after commit (call outside a transaction); with
+    loginOnSuccess, an AccountSession.
     """
     fingerprint = request_fingerprint(request_body)
     try:
@@ -131,7 +137,8 @@ def register_inband(
     except BaseException:
         _release(idempotency_key)
         raise
-    _finish(idempotency_key, answer)
+    # The stored copy never holds the session of loginOnSuccess (cpe3.replayable).
+    _finish(idempotency_key, cpe3.replayable(answer))
     return answer
 
 
@@ -181,13 +188,33 @@ def _create(registration: InbandRegistration) -> cpe3.Answer:
         payload["approval"] = "pending"
         status = HTTPStatus.ACCEPTED
     if registration.login_on_success:
-        payload["loginError"] = {
-            "errID": cpe3.LOGIN_UNSUPPORTED,
-            "errText": cpe3.LOGIN_UNSUPPORTED_TEXT,
-        }
+        payload.update(_login_payload(account, registration.client))
     return cpe3.success(
         message_id=registration.message_id, origin=domain.name, payload=payload, status=status
     )
+
+
+def _login_payload(account: MailAccount, client: ClientInfo) -> dict[str, Any]:
+    """loginOnSuccess: a new session like Login's, or loginError saying why there is none.
+
+    The session is a fresh one (nothing the client held before carries over). An account
+    that may not log in yet (verification, approval) gets none; neither does one whose
+    session cannot be stored now: the account stands and the answer says so.
+    """
+    if not sessions.can_log_in(account):
+        return cpe3.login_error(cpe3.LOGIN_NOT_ACTIVE, cpe3.LOGIN_NOT_ACTIVE_TEXT)
+    try:
+        new = sessions.open_session(account=account, client=client)
+    except _DB_DOWN as exc:
+        logger.error("registration: no session opened: %s", type(exc).__name__)
+        return cpe3.login_error(cpe3.LOGIN_UNAVAILABLE, cpe3.LOGIN_UNAVAILABLE_TEXT)
+    return {
+        "loginPayload": {
+            "sessionToken": new.token,
+            "csrfToken": new.csrf_token,
+            "expiresAt": new.expires_at.isoformat(),
+        }
+    }
 
 
 def _local_part_from_email(domain: ProviderDomain, email: str | None) -> str:

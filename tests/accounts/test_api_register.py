@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import email
+import hashlib
 import email.policy
 import ipaddress
 import json
@@ -38,9 +39,10 @@ from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
-from accounts import cpe3
+from accounts import cpe3, web
 from accounts.mailbox import _load as load_backend
 from accounts.models import (
+    AccountSession,
     AccountStatus,
     MailAccount,
     RegistrationRequest,
@@ -185,15 +187,79 @@ def test_register_without_username_asks_for_one_when_none_can_be_derived(
     assert not MailAccount.objects.exists()
 
 
-def test_register_with_login_on_success_creates_the_account_and_says_sessions_are_unsupported(
+def login_client(login: dict[str, str]) -> Client:
+    """A new client holding the loginPayload's session, as an app would use it."""
+    holder = Client(HTTP_X_CSRF_TOKEN=login["csrfToken"])
+    holder.cookies[web.session_cookie_name()] = login["sessionToken"]
+    return holder
+
+
+def test_register_with_login_on_success_answers_a_session_that_opens_the_account_api(
     client: Client, provider: Provider
 ) -> None:
-    response = post(client, message(loginOnSuccess=True))
+    body = message(loginOnSuccess=True)
+    response = post(client, body)
+
     assert response.status_code == HTTPStatus.CREATED
     payload = response.json()["payload"]
     assert payload["userID"] == "@juliet@example.org"
+    login = payload["loginPayload"]
+    assert set(login) == {"sessionToken", "csrfToken", "expiresAt"}
+    session = AccountSession.objects.get()
+    assert session.account.address == "juliet@example.org"
+    # Only the token's SHA-256 is stored.
+    assert session.token_hash == hashlib.sha256(login["sessionToken"].encode()).hexdigest()
+    assert login["expiresAt"] == session.expires_at.isoformat()
+    answer = login_client(login).get("/api/v1/account")
+    assert answer.status_code == HTTPStatus.OK
+    assert answer.json()["address"] == "juliet@example.org"
+
+
+def test_a_replayed_login_on_success_answer_holds_no_session(
+    client: Client, provider: Provider
+) -> None:
+    body = message(loginOnSuccess=True)
+    first = post(client, body).json()["payload"]["loginPayload"]
+
+    replay = post(client, body)
+
+    assert replay.status_code == HTTPStatus.CREATED
+    assert replay["Idempotent-Replayed"] == "true"
+    payload = replay.json()["payload"]
     assert "loginPayload" not in payload
-    assert payload["loginError"]["errID"] == "urn:cadmium:profile:login:unsupported"
+    assert payload["loginError"]["errID"] == cpe3.LOGIN_REPLAYED
+    assert AccountSession.objects.count() == 1
+    stored = json.dumps(RegistrationRequest.objects.get().response)
+    assert first["sessionToken"] not in stored
+    assert first["csrfToken"] not in stored
+
+
+def test_login_on_success_opens_a_new_session_whatever_cookie_the_client_held(
+    client: Client, provider: Provider
+) -> None:
+    romeo = post(client, message(username="romeo", thirdPIDs=[], loginOnSuccess=True))
+    held = romeo.json()["payload"]["loginPayload"]["sessionToken"]
+    client.cookies[web.session_cookie_name()] = held
+
+    juliet = post(client, message(loginOnSuccess=True)).json()["payload"]["loginPayload"]
+
+    # RELIABILITY.md check 15: the session id after login is never one held before.
+    assert juliet["sessionToken"] != held
+    assert login_client(juliet).get("/api/v1/account").json()["address"] == "juliet@example.org"
+
+
+def test_login_on_success_gives_no_session_to_an_account_awaiting_approval(
+    client: Client, make_provider: Callable[..., Provider]
+) -> None:
+    make_provider(require_approval=True)
+
+    response = post(client, message(loginOnSuccess=True))
+
+    assert response.status_code == HTTPStatus.ACCEPTED
+    payload = response.json()["payload"]
+    assert "loginPayload" not in payload
+    assert payload["loginError"]["errID"] == cpe3.LOGIN_NOT_ACTIVE
+    assert not AccountSession.objects.exists()
     assert MailAccount.objects.count() == 1
 
 
