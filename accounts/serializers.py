@@ -1,4 +1,5 @@
-"""Named input/output serializers of the accounts API (in-band registration, verification).
+"""Named input/output serializers of the accounts API (in-band registration, verification,
+account self-service).
 
 Inputs are strict about JSON types and unknown keys: `"password": 123` or an extra key is a
 bad_request, not silently coerced or ignored. The output serializers describe the answers
@@ -134,6 +135,14 @@ class LoginErrorOut(serializers.Serializer[Any]):
     errText = serializers.CharField()
 
 
+class LoginPayloadOut(serializers.Serializer[Any]):
+    sessionToken = serializers.CharField(
+        help_text="The session cookie's value (specs/account-api.md; docs/self-service.md)."
+    )
+    csrfToken = serializers.CharField(help_text="Send as X-CSRF-Token with account calls.")
+    expiresAt = serializers.DateTimeField(help_text="When the session ends unless used.")
+
+
 class RegisterResultOut(serializers.Serializer[Any]):
     userID = serializers.CharField(
         help_text="@local@domain, or the email third-party ID when no username was given."
@@ -149,9 +158,13 @@ class RegisterResultOut(serializers.Serializer[Any]):
         required=False,
         help_text="Extension: the provider approves new accounts; none logs in before.",
     )
+    loginPayload = LoginPayloadOut(
+        required=False,
+        help_text="loginOnSuccess: the session Login would give (never in a replayed answer).",
+    )
     loginError = LoginErrorOut(
         required=False,
-        help_text="Extension: loginOnSuccess was asked but sessions do not exist yet.",
+        help_text="Extension: loginOnSuccess was asked but gave no session, and why.",
     )
 
 
@@ -184,3 +197,65 @@ class RegisterOut(EnvelopeOut):
 
 class RegisterErrorOut(EnvelopeOut):
     payload = ErrorPayloadOut()
+
+
+# ----- account self-service (specs/account-api.md) ----------------------------------------
+
+
+class LoginPrepOut(serializers.Serializer[Any]):
+    loginToken = serializers.CharField(help_text="Also set as a cookie; Login needs both.")
+
+
+class LoginIn(StrictSerializer):
+    loginToken = StrictCharField(max_length=200, trim_whitespace=False)
+    username = StrictCharField(max_length=320, help_text="The mail address.")
+    password = StrictCharField(max_length=MAX_PASSWORD_LENGTH, trim_whitespace=False)
+
+
+class LoginOut(serializers.Serializer[Any]):
+    csrfToken = serializers.CharField(help_text="Send as X-CSRF-Token with every other call.")
+
+
+class SetPasswordIn(StrictSerializer):
+    currentPassword = StrictCharField(max_length=MAX_PASSWORD_LENGTH, trim_whitespace=False)
+    password = StrictCharField(max_length=MAX_PASSWORD_LENGTH, trim_whitespace=False)
+
+
+class FullNameIn(StrictSerializer):
+    fullName = StrictCharField(max_length=1000, allow_blank=True, trim_whitespace=False)
+
+
+class ThirdPartyIDOut(serializers.Serializer[Any]):
+    type = serializers.CharField()
+    value = serializers.CharField()
+    verified = serializers.BooleanField()
+
+
+class AccountOut(serializers.Serializer[Any]):
+    address = serializers.EmailField()
+    fullName = serializers.CharField(allow_blank=True)
+    provider = serializers.CharField(help_text="The provider's name.")
+    storageUsed = serializers.IntegerField(
+        allow_null=True, help_text="Bytes, as the mail server counts them; null: unknown now."
+    )
+    storageLimit = serializers.IntegerField(help_text="Bytes; 0 means no limit.")
+    created = serializers.DateTimeField()
+    thirdPIDs = ThirdPartyIDOut(many=True)
+
+
+class SessionOut(serializers.Serializer[Any]):
+    id = serializers.IntegerField()
+    created = serializers.DateTimeField()
+    lastUsed = serializers.DateTimeField()
+    expires = serializers.DateTimeField()
+    userAgent = serializers.CharField(allow_blank=True)
+    ip = serializers.CharField(allow_null=True)
+    current = serializers.BooleanField(help_text="The session making this call.")
+
+
+class AccountErrorOut(serializers.Serializer[Any]):
+    code = serializers.CharField(
+        help_text="user:noAuth, user:badAuth, user:badLogin, user:csrf, user:error, "
+        "user:rateLimited, server:error"
+    )
+    message = serializers.CharField()
