@@ -1,4 +1,5 @@
-"""The mail-account console: find, create, disable, enable, reset passwords, delete."""
+"""The mail-account console: find, create, disable, enable, reset passwords, end sessions,
+delete."""
 
 from __future__ import annotations
 
@@ -12,8 +13,16 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
-from accounts.models import AccountStatus, CreatedVia, MailAccount, ReservedName, ThirdPartyID
+from accounts.models import (
+    AccountSession,
+    AccountStatus,
+    CreatedVia,
+    MailAccount,
+    ReservedName,
+    ThirdPartyID,
+)
 from accounts.services import accounts as account_services
+from accounts.services import sessions as session_services
 from portal.errors import PortalError
 from providers.models import ProviderDomain
 
@@ -27,6 +36,20 @@ class ThirdPartyIDInline(admin.TabularInline):
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # added by their owner through registration or self-service
+
+
+class AccountSessionInline(admin.TabularInline):
+    """The owner's self-service sessions; deleting one ends it (the token hash is not shown)."""
+
+    model = AccountSession
+    extra = 0
+    fields = ["created_at", "last_used_at", "expires_at", "ip", "user_agent"]
+    readonly_fields = fields
+    can_delete = True
+    verbose_name = _("self-service session")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # opened by logging in, never by an administrator
 
 
 class CreateAccountForm(forms.Form):
@@ -87,8 +110,14 @@ class MailAccountAdmin(admin.ModelAdmin):
             },
         ),
     ]
-    inlines = [ThirdPartyIDInline]
-    actions = ["approve_accounts", "disable_accounts", "enable_accounts", "reset_passwords"]
+    inlines = [ThirdPartyIDInline, AccountSessionInline]
+    actions = [
+        "approve_accounts",
+        "disable_accounts",
+        "enable_accounts",
+        "reset_passwords",
+        "end_sessions",
+    ]
     date_hierarchy = "created_at"
 
     @admin.display(description=_("address"), ordering="local_part")
@@ -246,6 +275,24 @@ class MailAccountAdmin(admin.ModelAdmin):
             "failed": failed,
         }
         return self._show_passwords(request, rows, str(title))
+
+    @admin.action(description=_("End the self-service sessions of selected accounts"))
+    def end_sessions(self, request: HttpRequest, queryset: QuerySet[MailAccount]) -> None:
+        ended = accounts_with = 0
+        for account in queryset.select_related("domain__provider"):
+            count = session_services.end_other_sessions(account=account, keep=None)
+            ended += count
+            accounts_with += bool(count)
+        self.message_user(
+            request,
+            _("%(ended)d sessions of %(accounts)d accounts ended, %(skipped)d had none.")
+            % {
+                "ended": ended,
+                "accounts": accounts_with,
+                "skipped": queryset.count() - accounts_with,
+            },
+            messages.SUCCESS,
+        )
 
 
 def _field_for(code: str) -> str | None:

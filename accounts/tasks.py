@@ -1,4 +1,5 @@
-"""Celery tasks of the accounts app: periodic clean-up and mailbox reconciliation."""
+"""Celery tasks of the accounts app: periodic clean-up (registrations, sessions) and mailbox
+reconciliation."""
 
 from __future__ import annotations
 
@@ -38,3 +39,11 @@ def reconcile_mailboxes(
         "fixed": len(report.fixed),
         "errors": len(report.errors),
     }
+
+
+@shared_task(name="accounts.purge_sessions")
+def purge_sessions() -> int:
+    """Hourly (CELERY_BEAT_SCHEDULE): see accounts.services.sessions.purge_sessions."""
+    from accounts.services.sessions import purge_sessions as purge
+
+    return purge()

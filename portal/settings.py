@@ -221,6 +221,7 @@ MIDDLEWARE = [
     "providers.middleware.HostCheckMiddleware",
     "portal.proxies.TrustedProxyMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "portal.headers.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
@@ -308,6 +309,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Settle interrupted account creations/deletions, report accounts and mailboxes that
     # disagree, align enabled/disabled (accounts/services/reconcile.py; every 5 minutes).
     "reconcile-mailboxes": {"task": "accounts.reconcile_mailboxes", "schedule": 300.0},
+    # Self-service sessions past their idle or maximum age (they open nothing already; hourly).
+    "purge-sessions": {"task": "accounts.purge_sessions", "schedule": 3600.0},
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -336,6 +339,8 @@ SPECTACULAR_SETTINGS = {
 # ---------------------------------------------------------------------------------------------
 
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# The Content-Security-Policy of every answer that sets none itself (portal/headers.py).
+PORTAL_CSP = "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"

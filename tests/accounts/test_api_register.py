@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import email
-import hashlib
 import email.policy
+import hashlib
 import ipaddress
 import json
 import logging
