@@ -44,7 +44,7 @@ class AccountSessionInline(admin.TabularInline):
     model = AccountSession
     extra = 0
     fields = ["created_at", "last_used_at", "expires_at", "ip", "user_agent"]
-    readonly_fields = fields
+    readonly_fields = ["created_at", "last_used_at", "expires_at", "ip", "user_agent"]
     can_delete = True
     verbose_name = _("self-service session")
 
