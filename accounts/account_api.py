@@ -172,7 +172,9 @@ class LoginView(AccountAPIView):
     def post(self, request: Request) -> Response:
         data = self.validated(request, LoginIn)
         sessions.consume_login_token(token=data["loginToken"], cookie=web.login_cookie(request))
-        with ratelimit.credential_attempt(request, name=data["username"], failure=BadLogin):
+        with ratelimit.credential_attempt(
+            request, name=sessions.normalise_login_name(data["username"]), failure=BadLogin
+        ):
             new = sessions.log_in(
                 username=data["username"],
                 password=data["password"],

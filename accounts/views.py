@@ -121,7 +121,9 @@ def login_page(request: HttpRequest) -> HttpResponse:
         if not form.is_valid():
             return _login_form(request, form, status=HTTPStatus.BAD_REQUEST)
         with ratelimit.credential_attempt(
-            request, name=form.cleaned_data["username"], failure=BadLogin
+            request,
+            name=sessions.normalise_login_name(form.cleaned_data["username"]),
+            failure=BadLogin,
         ):
             new = sessions.log_in(
                 username=form.cleaned_data["username"],

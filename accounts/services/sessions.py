@@ -140,13 +140,18 @@ def consume_login_token(*, token: str | None, cookie: str | None) -> None:
     """Use up a login token; CSRFRefused unless value and cookie agree and it is unused.
 
     Called before anything about the credentials is looked at. The cache's delete is
-    atomic (Redis DEL), so of two logins with one token only one gets through.
+    atomic (Redis DEL answers whether it removed the key), so of two logins with one token
+    only one gets through.
     Errors: `user:csrf`, `login_unavailable`.
     """
     if not token or not cookie or not hmac.compare_digest(token, cookie):
         raise CSRFRefused("The login token is missing or does not match; load the login again.")
+    key = _LOGIN_TOKEN_PREFIX + token_hash(token)
     try:
-        deleted = caches["default"].delete(_LOGIN_TOKEN_PREFIX + token_hash(token))
+        # get() honours the expiry on every backend (the local-memory cache's delete() does
+        # not); delete() then claims the token, once.
+        cache = caches["default"]
+        deleted = cache.get(key) is not None and cache.delete(key)
     except Exception as exc:
         logger.warning("login token not checked: cache unavailable: %s", type(exc).__name__)
         raise LoginTokensUnavailable() from None

@@ -1,15 +1,22 @@
-"""Fixtures of the accounts tests: a mail server user store run by the `command` backend."""
+"""Fixtures of the accounts tests: a mail server user store run by the `command` backend, and
+the personas of self-service (the owner, a stranger)."""
 
 from __future__ import annotations
 
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from accounts.models import MailAccount
+from accounts.services.accounts import create_account
+from providers.models import Provider
+from tests.accounts import self_service
 
 SERVER = Path(__file__).with_name("mailbox_server.py")
 
@@ -57,3 +64,27 @@ def mail_server(settings: Any, tmp_path: Path) -> MailServer:
     settings.MAILBOX_BACKEND = "command"
     settings.MAILBOX_COMMAND = server.command()
     return server
+
+
+@pytest.fixture
+def owner(make_provider: Callable[..., Provider]) -> MailAccount:
+    """juliet@example.org, active and ready, password self_service.PASSWORD."""
+    make_provider()
+    return create_account(
+        domain="example.org",
+        local_part="juliet",
+        password=self_service.PASSWORD,
+        created_via="admin",
+        full_name="Juliet Capulet",
+    )
+
+
+@pytest.fixture
+def stranger(owner: MailAccount) -> MailAccount:
+    """romeo@example.org, another account of the same provider, same password."""
+    return create_account(
+        domain="example.org",
+        local_part="romeo",
+        password=self_service.PASSWORD,
+        created_via="admin",
+    )

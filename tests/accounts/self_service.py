@@ -1,0 +1,60 @@
+"""Helpers of the self-service tests: log in through the API or the pages as a client would."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from django.test import Client
+
+from accounts import web
+
+PASSWORD = "Balcony-at-midnight-42"
+API = "/api/v1/account"
+PAGES = "/account/"
+
+
+def post_json(client: Client, path: str, body: Any = None, **extra: Any) -> Any:
+    """POST `body` as JSON (no body at all when None)."""
+    data = "" if body is None else json.dumps(body)
+    return client.post(path, data=data, content_type="application/json", **extra)
+
+
+def api_login(client: Client, username: str, password: str = PASSWORD, **extra: Any) -> Any:
+    """LoginPrep, then Login with its token: Login's response."""
+    token = post_json(client, f"{API}/login-prep", **extra).json()["loginToken"]
+    body = {"loginToken": token, "username": username, "password": password}
+    return post_json(client, f"{API}/login", body, **extra)
+
+
+def logged_in(client: Client, username: str, password: str = PASSWORD) -> str:
+    """Log `client` in through the API; it sends the CSRF header from then on. The token."""
+    response = api_login(client, username, password)
+    assert response.status_code == 200, response.content
+    csrf: str = response.json()["csrfToken"]
+    client.defaults["HTTP_X_CSRF_TOKEN"] = csrf
+    return session_of(client)
+
+
+def session_of(client: Client) -> str:
+    """The session token `client` holds (its cookie)."""
+    cookie = client.cookies.get(web.session_cookie_name())
+    return cookie.value if cookie is not None else ""
+
+
+def page_login(client: Client, username: str, password: str = PASSWORD, **extra: Any) -> Any:
+    """The login page, then its form posted with the login token it carries."""
+    page = client.get(f"{PAGES}login", **extra)
+    return client.post(
+        f"{PAGES}login",
+        {"login_token": hidden(page, "login_token"), "username": username, "password": password},
+        **extra,
+    )
+
+
+def hidden(response: Any, name: str) -> str:
+    """The value of the hidden input `name` in an HTML answer."""
+    found = re.search(rf'name="{name}" value="([^"]*)"', response.content.decode())
+    assert found is not None, f"no hidden {name} in the page"
+    return found.group(1)

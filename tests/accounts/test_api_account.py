@@ -1,0 +1,820 @@
+"""The account API under /api/v1/account (specs/account-api.md).
+
+RELIABILITY.md checks 4 (web half: only active, ready accounts log in), 13 (login brute
+force), 15 (fixation, logout, disabling), 16 (password change semantics; the IMAP half is in
+tests/e2e/test_self_service_dovecot.py) and 17 (the CSRF matrix, content types, Origin).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
+from typing import Any
+
+import argon2
+import pytest
+import time_machine
+from django.test import Client
+
+from accounts import web
+from accounts.models import AccountSession, AccountStatus, MailAccount, MailboxState
+from accounts.services.accounts import set_status
+from tests.accounts.conftest import MailServer
+from tests.accounts.self_service import API, PASSWORD, api_login, logged_in, post_json, session_of
+
+pytestmark = pytest.mark.django_db
+NEW_PASSWORD = "Nightingale-not-lark-7"
+
+
+@pytest.fixture(autouse=True)
+def _no_rate_limit(settings: Any) -> None:
+    # The brute-force tests switch it back on, with client addresses of their own.
+    settings.RATELIMIT_ENABLE = False
+
+
+@pytest.fixture
+def verifications(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every argon2 verification made, counted where the hasher library runs it.
+
+    argon2-cffi is a third party: wrapping its verify (which still runs) is no stand-in for
+    our own code, and it counts what the issue asks for: how often the hasher runs.
+    """
+    calls: list[str] = []
+    real = argon2.PasswordHasher.verify
+
+    def counting(self: argon2.PasswordHasher, hash: str, password: str) -> bool:
+        calls.append(hash)
+        return bool(real(self, hash, password))
+
+    monkeypatch.setattr(argon2.PasswordHasher, "verify", counting)
+    return calls
+
+
+def new_ip() -> str:
+    """A client address (its own /64) no earlier run has counted: Redis keeps counters."""
+    return f"2001:db8:{secrets.randbelow(0xFFFF):x}:{secrets.randbelow(0xFFFF):x}::1"
+
+
+def snapshot(*accounts: MailAccount) -> list[Any]:
+    """What a refused request must leave as it was: names, hashes, sessions."""
+    rows = MailAccount.objects.filter(pk__in=[a.pk for a in accounts]).order_by("pk")
+    return [
+        list(rows.values_list("full_name", "password", "status")),
+        sorted(AccountSession.objects.values_list("pk", "token_hash", "account_id")),
+    ]
+
+
+# ----- LoginPrep and Login ------------------------------------------------------------------------
+
+
+def test_login_prep_answers_a_token_and_sets_it_as_a_cookie_scoped_to_login(
+    client: Client, owner: MailAccount
+) -> None:
+    response = post_json(client, f"{API}/login-prep")
+
+    assert response.status_code == HTTPStatus.OK
+    token = response.json()["loginToken"]
+    assert len(token) >= 43  # 256 bits, base64url
+    cookie = response.cookies[web.login_cookie_name()]
+    assert cookie.value == token
+    assert cookie["path"] == "/api/v1/account/login"
+    assert cookie["httponly"] is True
+    assert cookie["samesite"] == "Strict"
+    assert cookie["domain"] == ""
+    assert response["Cache-Control"].startswith("max-age=0")
+    assert "no-store" in response["Cache-Control"]
+
+
+def test_login_answers_a_csrf_token_and_sets_an_http_only_strict_session_cookie(
+    client: Client, owner: MailAccount
+) -> None:
+    response = api_login(client, "juliet@example.org")
+
+    assert response.status_code == HTTPStatus.OK
+    assert set(response.json()) == {"csrfToken"}
+    cookie = response.cookies[web.session_cookie_name()]
+    assert web.session_cookie_name() == "mailportal_session"  # plain http: no __Host- prefix
+    assert (cookie["path"], cookie["domain"], cookie["httponly"], cookie["samesite"]) == (
+        "/",
+        "",
+        True,
+        "Strict",
+    )
+    assert cookie["secure"] == ""  # http here; https: tests/portal/test_headers.py
+    assert cookie["expires"] == "" and cookie["max-age"] == ""  # ends with the browser
+    # The login cookie is spent and cleared.
+    assert response.cookies[web.login_cookie_name()]["max-age"] == 0
+    session = AccountSession.objects.get()
+    assert session.token_hash == hashlib.sha256(cookie.value.encode()).hexdigest()
+    assert session.account_id == owner.pk
+    assert session.ip == "127.0.0.1"
+
+
+def test_login_accepts_the_address_in_any_case(client: Client, owner: MailAccount) -> None:
+    assert api_login(client, " Juliet@Example.ORG ").status_code == HTTPStatus.OK
+
+
+@pytest.mark.parametrize(
+    "case", ["no cookie", "cookie of another token", "reused token", "no token", "expired token"]
+)
+def test_login_refused_without_a_valid_login_token_before_credentials_are_checked(
+    client: Client, owner: MailAccount, verifications: list[str], settings: Any, case: str
+) -> None:
+    token = post_json(client, f"{API}/login-prep").json()["loginToken"]
+    body = {"loginToken": token, "username": "juliet@example.org", "password": PASSWORD}
+    if case == "no cookie":
+        del client.cookies[web.login_cookie_name()]
+    elif case == "cookie of another token":
+        other = Client()
+        post_json(other, f"{API}/login-prep")
+        client.cookies[web.login_cookie_name()] = other.cookies[web.login_cookie_name()].value
+    elif case == "reused token":
+        assert post_json(client, f"{API}/login", body).status_code == HTTPStatus.OK
+        client.cookies[web.login_cookie_name()] = token  # the client replays both
+        verifications.clear()
+    elif case == "no token":
+        body["loginToken"] = ""
+    else:
+        settings.LOGIN_TOKEN_SECONDS = 1
+        body["loginToken"] = post_json(client, f"{API}/login-prep").json()["loginToken"]
+        time.sleep(1.5)  # the cache's own clock (Redis) decides: wait it out for real
+    sessions_before = AccountSession.objects.count()
+
+    response = post_json(client, f"{API}/login", body)
+
+    expected = HTTPStatus.BAD_REQUEST if case == "no token" else HTTPStatus.FORBIDDEN
+    assert response.status_code == expected
+    assert response.json()["code"] == ("user:error" if case == "no token" else "user:csrf")
+    assert verifications == []  # the password was never looked at
+    assert AccountSession.objects.count() == sessions_before
+
+
+def test_unknown_user_and_wrong_password_get_the_same_answer_and_one_hash_each(
+    client: Client, owner: MailAccount, verifications: list[str]
+) -> None:
+    answers = []
+    for username, password in [
+        ("nobody@example.org", PASSWORD),
+        ("juliet@example.org", PASSWORD + "x"),
+        ("not an address", PASSWORD),
+    ]:
+        verifications.clear()
+        response = api_login(client, username, password)
+        answers.append((response.status_code, response.content))
+        assert len(verifications) == 1, username
+
+    assert answers[0] == answers[1] == answers[2]
+    assert answers[0][0] == HTTPStatus.UNAUTHORIZED
+    assert b'"user:badLogin"' in answers[0][1]
+    assert not AccountSession.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"status": AccountStatus.APPROVAL},
+        {"status": AccountStatus.PENDING},
+        {"status": AccountStatus.DISABLED},
+        {"mailbox_state": MailboxState.CREATING},
+        {"mailbox_state": MailboxState.DELETING},
+    ],
+    ids=lambda change: next(iter(change.values())),
+)
+def test_only_active_ready_accounts_log_in(
+    client: Client, owner: MailAccount, verifications: list[str], change: dict[str, str]
+) -> None:
+    MailAccount.objects.filter(pk=owner.pk).update(**change)
+
+    response = api_login(client, "juliet@example.org")
+
+    # RELIABILITY.md check 4, web half: the right password, still no session.
+    assert response.status_code == HTTPStatus.UNAUTHORIZED
+    assert response.json()["code"] == "user:badLogin"
+    assert "cannot log in" in response.json()["message"]
+    assert len(verifications) == 1
+    assert not AccountSession.objects.exists()
+    # A wrong password to such an account gets the plain answer: nothing tells more.
+    wrong = api_login(client, "juliet@example.org", PASSWORD + "x")
+    assert wrong.json() == api_login(client, "nobody@example.org").json()
+
+
+def test_login_while_holding_a_session_replaces_it(client: Client, owner: MailAccount) -> None:
+    before = logged_in(client, "juliet@example.org")
+
+    after = logged_in(client, "juliet@example.org")
+
+    # RELIABILITY.md check 15: no session id survives a login.
+    assert after != before
+    assert AccountSession.objects.count() == 1
+    stale = Client(HTTP_X_CSRF_TOKEN=client.defaults["HTTP_X_CSRF_TOKEN"])
+    stale.cookies[web.session_cookie_name()] = before
+    assert stale.get(API).json()["code"] == "user:badAuth"
+
+
+# ----- CSRF, session and content-type checks (RELIABILITY.md check 17) ----------------------------
+
+# (method, path, body) of every call that needs a session; {other} is another session's id.
+CALLS = [
+    ("get", API, None),
+    ("get", f"{API}/sessions", None),
+    ("post", f"{API}/logout", None),
+    ("post", f"{API}/full-name", {"fullName": "Mallory"}),
+    ("post", f"{API}/password", {"currentPassword": PASSWORD, "password": NEW_PASSWORD}),
+    ("delete", f"{API}/sessions/{{other}}", None),
+]
+
+
+def call(client: Client, method: str, path: str, body: Any, **extra: Any) -> Any:
+    if method == "get":
+        return client.get(path, **extra)
+    if method == "delete":
+        return client.delete(path, content_type="application/json", **extra)
+    return post_json(client, path, body, **extra)
+
+
+@pytest.fixture
+def two_sessions(owner: MailAccount) -> Iterator[tuple[Client, Client]]:
+    """The owner logged in twice: `mine` makes the calls, `other` is there to be revoked."""
+    mine, other = Client(), Client()
+    logged_in(mine, "juliet@example.org")
+    logged_in(other, "juliet@example.org")
+    yield mine, other
+
+
+def test_a_session_call_without_the_csrf_header_is_refused_and_with_it_works(
+    two_sessions: tuple[Client, Client],
+) -> None:
+    mine, _other = two_sessions
+    csrf = mine.defaults.pop("HTTP_X_CSRF_TOKEN")
+
+    refused = mine.get(API)
+    works = mine.get(API, HTTP_X_CSRF_TOKEN=csrf)
+
+    assert refused.status_code == HTTPStatus.FORBIDDEN
+    assert refused.json()["code"] == "user:csrf"
+    assert works.status_code == HTTPStatus.OK
+
+
+@pytest.mark.parametrize("csrf_case", ["none", "bad", "good"])
+@pytest.mark.parametrize("session_case", ["none", "bad", "good"])
+@pytest.mark.parametrize(("method", "path", "body"), CALLS, ids=[f"{m} {p}" for m, p, _ in CALLS])
+def test_only_a_good_session_with_its_good_csrf_value_gets_through(
+    two_sessions: tuple[Client, Client],
+    owner: MailAccount,
+    session_case: str,
+    csrf_case: str,
+    method: str,
+    path: str,
+    body: Any,
+) -> None:
+    mine, other = two_sessions
+    good_token, good_csrf = session_of(mine), mine.defaults["HTTP_X_CSRF_TOKEN"]
+    other_id = AccountSession.objects.get(token_hash=_hash(session_of(other))).pk
+    attacker = Client()
+    if session_case == "good":
+        attacker.cookies[web.session_cookie_name()] = good_token
+    elif session_case == "bad":
+        attacker.cookies[web.session_cookie_name()] = secrets.token_urlsafe(32)
+    extra = {}
+    if csrf_case == "good":
+        extra["HTTP_X_CSRF_TOKEN"] = good_csrf
+    elif csrf_case == "bad":
+        extra["HTTP_X_CSRF_TOKEN"] = other.defaults["HTTP_X_CSRF_TOKEN"]  # a real one, not ours
+    before = snapshot(owner)
+
+    response = call(attacker, method, path.format(other=other_id), body, **extra)
+
+    if session_case == csrf_case == "good":
+        assert response.status_code in {HTTPStatus.OK, HTTPStatus.NO_CONTENT}
+        return
+    expected = {"none": "user:noAuth", "bad": "user:badAuth"}.get(session_case, "user:csrf")
+    assert response.json()["code"] == expected
+    assert response.status_code == (
+        HTTPStatus.FORBIDDEN if expected == "user:csrf" else HTTPStatus.UNAUTHORIZED
+    )
+    assert snapshot(owner) == before
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"],
+)
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [*CALLS[2:], ("post", f"{API}/login-prep", None), ("post", f"{API}/login", {})],
+    ids=lambda value: value if isinstance(value, str) else None,
+)
+def test_json_endpoints_refuse_form_and_text_bodies_with_415(
+    two_sessions: tuple[Client, Client],
+    owner: MailAccount,
+    content_type: str,
+    method: str,
+    path: str,
+    body: Any,
+) -> None:
+    mine, other = two_sessions
+    other_id = AccountSession.objects.get(token_hash=_hash(session_of(other))).pk
+    before = snapshot(owner)
+
+    response = getattr(mine, method)(
+        path.format(other=other_id), data="fullName=Mallory", content_type=content_type
+    )
+
+    assert response.status_code == HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    assert response.json()["code"] == "user:error"
+    assert snapshot(owner) == before
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"HTTP_ORIGIN": "https://evil.example"},
+        {"HTTP_ORIGIN": "null"},
+        {"HTTP_ORIGIN": "http://testserver.evil.example"},
+        {"HTTP_SEC_FETCH_SITE": "cross-site"},
+        {"HTTP_SEC_FETCH_SITE": "same-site"},
+    ],
+    ids=lambda header: next(iter(header.values())),
+)
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [*CALLS, ("post", f"{API}/login-prep", None)],
+    ids=lambda value: value if isinstance(value, str) else None,
+)
+def test_a_request_from_another_site_is_refused_with_403(
+    two_sessions: tuple[Client, Client],
+    owner: MailAccount,
+    header: dict[str, str],
+    method: str,
+    path: str,
+    body: Any,
+) -> None:
+    mine, other = two_sessions
+    other_id = AccountSession.objects.get(token_hash=_hash(session_of(other))).pk
+    before = snapshot(owner)
+
+    response = call(mine, method, path.format(other=other_id), body, **header)
+
+    assert response.status_code == HTTPStatus.FORBIDDEN
+    assert response.json()["code"] == "user:csrf"
+    assert snapshot(owner) == before
+
+
+def test_login_from_another_site_is_refused_before_credentials(
+    client: Client, owner: MailAccount, verifications: list[str]
+) -> None:
+    token = post_json(client, f"{API}/login-prep").json()["loginToken"]
+    body = {"loginToken": token, "username": "juliet@example.org", "password": PASSWORD}
+
+    response = post_json(client, f"{API}/login", body, HTTP_ORIGIN="https://evil.example")
+
+    assert response.status_code == HTTPStatus.FORBIDDEN
+    assert verifications == []
+    assert not AccountSession.objects.exists()
+
+
+def test_own_origin_is_accepted(two_sessions: tuple[Client, Client]) -> None:
+    mine, _other = two_sessions
+    response = mine.get(API, HTTP_ORIGIN="http://testserver", HTTP_SEC_FETCH_SITE="same-origin")
+    assert response.status_code == HTTPStatus.OK
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+# ----- Logout, expiry, disabling (RELIABILITY.md check 15) ----------------------------------------
+
+
+def test_logout_ends_the_session_and_its_cookie_is_refused_afterwards(
+    client: Client, owner: MailAccount
+) -> None:
+    token = logged_in(client, "juliet@example.org")
+    csrf = client.defaults["HTTP_X_CSRF_TOKEN"]
+
+    response = post_json(client, f"{API}/logout")
+
+    assert response.status_code == HTTPStatus.NO_CONTENT
+    assert response.cookies[web.session_cookie_name()]["max-age"] == 0
+    assert not AccountSession.objects.filter(token_hash=_hash(token)).exists()
+    replay = Client(HTTP_X_CSRF_TOKEN=csrf)
+    replay.cookies[web.session_cookie_name()] = token
+    refused = replay.get(API)
+    assert refused.status_code == HTTPStatus.UNAUTHORIZED
+    assert refused.json()["code"] == "user:badAuth"
+
+
+def test_sessions_are_extended_on_use_and_end_after_the_idle_time(
+    client: Client, owner: MailAccount, settings: Any
+) -> None:
+    settings.ACCOUNT_SESSION_IDLE_SECONDS = 600
+    start = datetime.now(UTC)
+    with time_machine.travel(start, tick=False):
+        logged_in(client, "juliet@example.org")
+    with time_machine.travel(start + timedelta(seconds=590), tick=False):
+        assert client.get(API).status_code == HTTPStatus.OK  # used: moved forward
+    with time_machine.travel(start + timedelta(seconds=1150), tick=False):
+        assert client.get(API).status_code == HTTPStatus.OK  # 560 s after the last use
+    with time_machine.travel(start + timedelta(seconds=1150 + 601), tick=False):
+        response = client.get(API)
+    assert response.json()["code"] == "user:badAuth"
+    assert not AccountSession.objects.exists()
+
+
+def test_sessions_end_at_their_maximum_age_however_busy(
+    client: Client, owner: MailAccount, settings: Any
+) -> None:
+    settings.ACCOUNT_SESSION_IDLE_SECONDS = 600
+    settings.ACCOUNT_SESSION_MAX_SECONDS = 1000
+    start = datetime.now(UTC)
+    with time_machine.travel(start, tick=False):
+        logged_in(client, "juliet@example.org")
+    for seconds in (300, 600, 900):
+        with time_machine.travel(start + timedelta(seconds=seconds), tick=False):
+            assert client.get(API).status_code == HTTPStatus.OK
+    with time_machine.travel(start + timedelta(seconds=1001), tick=False):
+        assert client.get(API).json()["code"] == "user:badAuth"
+
+
+def test_disabling_an_account_ends_its_sessions_at_the_next_request(
+    client: Client, owner: MailAccount, stranger: MailAccount
+) -> None:
+    logged_in(client, "juliet@example.org")
+    bystander = Client()
+    logged_in(bystander, "romeo@example.org")
+
+    set_status(account=owner, status=AccountStatus.DISABLED)
+
+    response = client.get(API)
+    assert response.status_code == HTTPStatus.UNAUTHORIZED
+    assert response.json()["code"] == "user:badAuth"
+    assert not AccountSession.objects.filter(account=owner).exists()
+    assert bystander.get(API).status_code == HTTPStatus.OK
+
+
+def test_a_status_changed_behind_the_services_back_still_ends_the_session(
+    client: Client, owner: MailAccount
+) -> None:
+    logged_in(client, "juliet@example.org")
+    MailAccount.objects.filter(pk=owner.pk).update(status=AccountStatus.DISABLED)
+
+    assert client.get(API).json()["code"] == "user:badAuth"
+    assert not AccountSession.objects.exists()
+
+
+def test_deleting_an_account_deletes_its_sessions(client: Client, owner: MailAccount) -> None:
+    from accounts.services.accounts import delete_account
+
+    logged_in(client, "juliet@example.org")
+    delete_account(account=owner)
+
+    assert client.get(API).json()["code"] == "user:badAuth"
+    assert not AccountSession.objects.exists()
+
+
+# ----- SetPassword (RELIABILITY.md check 16) ------------------------------------------------------
+
+
+def set_password(client: Client, current: str, new: str) -> Any:
+    return post_json(client, f"{API}/password", {"currentPassword": current, "password": new})
+
+
+def test_set_password_ends_every_other_session_and_this_one_continues(
+    two_sessions: tuple[Client, Client], owner: MailAccount
+) -> None:
+    mine, other = two_sessions
+
+    response = set_password(mine, PASSWORD, NEW_PASSWORD)
+
+    assert response.status_code == HTTPStatus.NO_CONTENT
+    refused = other.get(API)
+    assert refused.status_code == HTTPStatus.UNAUTHORIZED
+    assert refused.json()["code"] == "user:badAuth"
+    assert mine.get(API).status_code == HTTPStatus.OK
+    assert AccountSession.objects.count() == 1
+    assert api_login(Client(), "juliet@example.org", PASSWORD).status_code == 401
+    assert api_login(Client(), "juliet@example.org", NEW_PASSWORD).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "message"),
+    [
+        (PASSWORD + "x", NEW_PASSWORD, "current password is wrong"),
+        (PASSWORD, "Short7!", "at least 8 characters"),
+        (PASSWORD, PASSWORD, "differ from the current one"),
+        (PASSWORD, "password123", "too common"),
+    ],
+    ids=["wrong current", "7 characters", "unchanged", "common"],
+)
+def test_set_password_refusals_change_nothing(
+    two_sessions: tuple[Client, Client], owner: MailAccount, current: str, new: str, message: str
+) -> None:
+    mine, other = two_sessions
+    before = snapshot(owner)
+
+    response = set_password(mine, current, new)
+
+    assert response.status_code == HTTPStatus.BAD_REQUEST
+    assert response.json()["code"] == "user:error"
+    assert message in response.json()["message"]
+    assert snapshot(owner) == before
+    assert other.get(API).status_code == HTTPStatus.OK
+
+
+def test_set_password_needs_the_current_password(
+    two_sessions: tuple[Client, Client], owner: MailAccount
+) -> None:
+    mine, _other = two_sessions
+    response = post_json(mine, f"{API}/password", {"password": NEW_PASSWORD})
+    assert response.status_code == HTTPStatus.BAD_REQUEST
+    assert "currentPassword" in response.json()["fields"]
+
+
+@pytest.mark.parametrize(
+    "new",
+    ["Qz7-" * 16, "pässwörd-ünïcødé-🙂-long enough", ("Wherefore-art-thou-" * 5)[:80]],
+    ids=["64 characters", "non-ASCII", "80 characters"],
+)
+def test_long_and_non_ascii_passwords_are_accepted_and_verified_exactly(
+    two_sessions: tuple[Client, Client], owner: MailAccount, new: str
+) -> None:
+    mine, _other = two_sessions
+    assert set_password(mine, PASSWORD, new).status_code == HTTPStatus.NO_CONTENT
+    # Differing only at character 70 (or the last, for the 64-character one): refused.
+    position = min(69, len(new) - 1)
+    changed = new[:position] + ("#" if new[position] != "#" else "%") + new[position + 1 :]
+
+    assert api_login(Client(), "juliet@example.org", new).status_code == HTTPStatus.OK
+    assert api_login(Client(), "juliet@example.org", changed).status_code == 401
+
+
+# ----- Account, full name, sessions ---------------------------------------------------------------
+
+
+def test_account_answers_the_owners_facts_and_the_mail_servers_usage(
+    client: Client, mail_server: MailServer, make_provider: Callable[..., Any]
+) -> None:
+    from accounts.services.accounts import create_account
+
+    make_provider(quota_mb=300)
+    account = create_account(
+        domain="example.org",
+        local_part="juliet",
+        password=PASSWORD,
+        created_via="api",
+        full_name="Juliet",
+        third_pids=[("email", "juliet@capulet.example")],
+    )
+    logged_in(client, "juliet@example.org")
+    mail_server.store("juliet@example.org", 123_456)
+
+    response = client.get(API)
+
+    assert response.status_code == HTTPStatus.OK
+    assert response.json() == {
+        "address": "juliet@example.org",
+        "fullName": "Juliet",
+        "provider": "Example Mail",
+        "storageUsed": 123_456,
+        "storageLimit": 300 * 1024 * 1024,
+        "created": account.created_at.isoformat(),
+        "thirdPIDs": [{"type": "email", "value": "juliet@capulet.example", "verified": False}],
+    }
+
+
+def test_account_says_storage_unknown_when_the_mail_server_cannot_tell(
+    client: Client, owner: MailAccount, settings: Any
+) -> None:
+    settings.DOVEADM_API_URL = ""  # the sql backend without doveadm's API
+    logged_in(client, "juliet@example.org")
+
+    body = client.get(API).json()
+
+    assert body["storageUsed"] is None
+    assert body["storageLimit"] == 1024 * 1024 * 1024  # the provider's default 1024 MB
+
+
+def test_account_save_full_name_saves_it_trimmed(client: Client, owner: MailAccount) -> None:
+    logged_in(client, "juliet@example.org")
+
+    response = post_json(client, f"{API}/full-name", {"fullName": "  Juliet Montague "})
+
+    assert response.status_code == HTTPStatus.NO_CONTENT
+    owner.refresh_from_db()
+    assert owner.full_name == "Juliet Montague"
+    assert client.get(API).json()["fullName"] == "Juliet Montague"
+
+
+@pytest.mark.parametrize(
+    "name", ["x" * 201, "Juliet\x00", "Juliet\u202eevil", 42], ids=["long", "NUL", "bidi", "number"]
+)
+def test_account_save_full_name_refusals_change_nothing(
+    client: Client, owner: MailAccount, name: Any
+) -> None:
+    logged_in(client, "juliet@example.org")
+    before = snapshot(owner)
+
+    response = post_json(client, f"{API}/full-name", {"fullName": name})
+
+    assert response.status_code == HTTPStatus.BAD_REQUEST
+    assert response.json()["code"] == "user:error"
+    assert snapshot(owner) == before
+
+
+def test_sessions_lists_the_accounts_sessions_and_marks_this_one(
+    two_sessions: tuple[Client, Client], stranger: MailAccount
+) -> None:
+    mine, _other = two_sessions
+    logged_in(Client(HTTP_USER_AGENT="Romeo's phone"), "romeo@example.org")
+
+    listed = mine.get(f"{API}/sessions").json()
+
+    assert len(listed) == 2  # not the stranger's
+    assert [item["current"] for item in listed].count(True) == 1
+    assert set(listed[0]) == {"id", "created", "lastUsed", "expires", "userAgent", "ip", "current"}
+    assert {item["ip"] for item in listed} == {"127.0.0.1"}
+
+
+def test_revoking_another_session_ends_it_at_its_next_call(
+    two_sessions: tuple[Client, Client],
+) -> None:
+    mine, other = two_sessions
+    other_id = AccountSession.objects.get(token_hash=_hash(session_of(other))).pk
+
+    response = mine.delete(f"{API}/sessions/{other_id}", content_type="application/json")
+
+    assert response.status_code == HTTPStatus.NO_CONTENT
+    assert other.get(API).json()["code"] == "user:badAuth"
+    assert mine.get(API).status_code == HTTPStatus.OK
+
+
+def test_revoking_a_strangers_session_is_404_and_changes_nothing(
+    client: Client, owner: MailAccount, stranger: MailAccount
+) -> None:
+    logged_in(client, "juliet@example.org")
+    romeo = Client()
+    logged_in(romeo, "romeo@example.org")
+    romeo_id = AccountSession.objects.get(account=stranger).pk
+
+    response = client.delete(f"{API}/sessions/{romeo_id}", content_type="application/json")
+
+    assert response.status_code == HTTPStatus.NOT_FOUND
+    assert response.json()["code"] == "user:error"
+    assert romeo.get(API).status_code == HTTPStatus.OK
+
+
+def test_revoking_this_session_logs_out(client: Client, owner: MailAccount) -> None:
+    logged_in(client, "juliet@example.org")
+    mine = AccountSession.objects.get().pk
+
+    response = client.delete(f"{API}/sessions/{mine}", content_type="application/json")
+
+    assert response.status_code == HTTPStatus.NO_CONTENT
+    assert response.cookies[web.session_cookie_name()]["max-age"] == 0
+    assert not AccountSession.objects.exists()
+
+
+def test_no_token_is_stored_in_clear(client: Client, owner: MailAccount) -> None:
+    token = logged_in(client, "juliet@example.org")
+    csrf = client.defaults["HTTP_X_CSRF_TOKEN"]
+    stored = [str(value) for row in AccountSession.objects.values_list() for value in row]
+    assert token not in stored and csrf not in stored
+    assert _hash(token) in stored
+
+
+# ----- Login brute force (RELIABILITY.md check 13) ------------------------------------------------
+
+
+@pytest.fixture
+def limits_on(settings: Any, redis_client: Any) -> Iterator[datetime]:
+    """Rate limits on, on Redis, with the clock frozen inside one hour's window."""
+    settings.RATELIMIT_ENABLE = True
+    now = datetime.now(UTC)
+    frozen = now.replace(minute=0, second=1, microsecond=0) + timedelta(hours=1)
+    with time_machine.travel(frozen, tick=False):
+        yield frozen
+
+
+@pytest.fixture
+def target(owner: MailAccount) -> str:
+    """The address of an account of its own: Redis keeps per-name counters between runs."""
+    from accounts.services.accounts import create_account
+
+    account = create_account(
+        domain="example.org",
+        local_part=f"juliet-{secrets.token_hex(4)}",
+        password=PASSWORD,
+        created_via="admin",
+    )
+    return account.address
+
+
+def attempt(username: str, password: str, ip: str) -> Any:
+    return api_login(Client(REMOTE_ADDR=ip), username, password)
+
+
+def test_more_than_ten_failures_a_minute_from_one_address_are_refused_for_the_window(
+    target: str, limits_on: datetime, verifications: list[str]
+) -> None:
+    ip = new_ip()
+    failures = [attempt(target, "wrong-password", ip) for _ in range(10)]
+    verifications.clear()
+
+    refused = attempt(target, PASSWORD, ip)  # even the right password
+
+    assert {r.json()["code"] for r in failures} == {"user:badLogin"}
+    assert refused.status_code == HTTPStatus.TOO_MANY_REQUESTS
+    assert refused.json()["code"] == "user:rateLimited"
+    assert 0 < int(refused["Retry-After"]) <= 60
+    assert verifications == []  # no password is checked past the limit
+    other_ip = new_ip()
+    assert attempt(target, PASSWORD, other_ip).status_code == HTTPStatus.OK
+    with time_machine.travel(limits_on + timedelta(seconds=60), tick=False):
+        assert attempt(target, PASSWORD, ip).status_code == HTTPStatus.OK
+
+
+def test_no_more_than_a_hundred_failures_an_hour_on_one_account(
+    target: str, limits_on: datetime, verifications: list[str]
+) -> None:
+    # From a hundred addresses, one guess each: no address limit is reached.
+    statuses = [attempt(target, "wrong-password", new_ip()).status_code for _ in range(100)]
+    checked = len(verifications)
+
+    refused = attempt(target, PASSWORD, new_ip())  # even the right password
+
+    assert statuses == [HTTPStatus.UNAUTHORIZED] * 100
+    assert checked == 100
+    assert refused.status_code == HTTPStatus.TOO_MANY_REQUESTS
+    assert refused.json()["code"] == "user:rateLimited"
+    assert len(verifications) == 100  # the 101st guess was never checked
+    assert 0 < int(refused["Retry-After"]) <= 3600
+    # Another account is not locked by guesses at this one.
+    assert attempt("juliet@example.org", PASSWORD, new_ip()).status_code == HTTPStatus.OK
+
+
+def test_names_that_do_not_exist_are_limited_alike(
+    owner: MailAccount, limits_on: datetime, settings: Any
+) -> None:
+    settings.LOGIN_FAILURES_PER_ACCOUNT_RATE = "5/h"  # the same code path, fewer hashes
+    name = f"nobody-{secrets.token_hex(4)}@example.org"
+    statuses = [attempt(name, "wrong", new_ip()).status_code for _ in range(6)]
+    assert statuses == [401] * 5 + [429]
+
+
+def test_the_account_limit_holds_against_the_real_name(
+    target: str, limits_on: datetime, settings: Any
+) -> None:
+    settings.LOGIN_FAILURES_PER_ACCOUNT_RATE = "5/h"  # the same code path, fewer hashes
+    for _ in range(5):
+        assert attempt(target, "wrong", new_ip()).status_code == 401
+
+    assert attempt(target.upper(), PASSWORD, new_ip()).status_code == 429
+
+
+def test_a_success_resets_only_that_addresss_failures(target: str, limits_on: datetime) -> None:
+    lucky, unlucky = new_ip(), new_ip()
+    for ip in (lucky, unlucky):
+        for _ in range(9):
+            assert attempt(target, "wrong", ip).status_code == 401
+
+    assert attempt(target, PASSWORD, lucky).status_code == HTTPStatus.OK
+
+    for _ in range(10):
+        assert attempt(target, "wrong", lucky).status_code == 401
+    assert attempt(target, "wrong", unlucky).status_code == 401  # its 10th
+    assert attempt(target, PASSWORD, unlucky).status_code == 429
+
+
+def test_login_prep_logout_and_password_changes_reset_no_counter(
+    target: str, limits_on: datetime
+) -> None:
+    ip = new_ip()
+    client = Client(REMOTE_ADDR=ip)
+    logged_in(client, target)  # before the failures: a session from there
+    for _ in range(8):
+        assert attempt(target, "wrong", ip).status_code == 401
+    # A wrong current password counts as the 9th failure; a right one forgives nothing.
+    assert set_password(client, "wrong", NEW_PASSWORD).status_code == 400
+    assert set_password(client, PASSWORD, NEW_PASSWORD).status_code == 204
+    for _ in range(3):
+        assert post_json(client, f"{API}/login-prep").status_code == 200
+    assert post_json(client, f"{API}/logout").status_code == 204
+    assert attempt(target, "wrong", ip).status_code == 401  # the 10th
+
+    assert attempt(target, NEW_PASSWORD, ip).status_code == 429
+
+
+def test_login_fails_closed_when_the_cache_is_down(
+    client: Client, owner: MailAccount, settings: Any, cache_down: None
+) -> None:
+    settings.RATELIMIT_ENABLE = True
+
+    response = post_json(client, f"{API}/login-prep")
+
+    assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
+    assert response.json()["code"] == "server:error"
+    assert response["Retry-After"] == "30"
