@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
-from accounts.mailbox import MailboxError
+from accounts.mailbox import MailboxError, get_backend
+from accounts.mailbox.base import Usage
 from accounts.models import MailAccount, MailboxState
 from accounts.services.accounts import create_account, delete_account, set_password
+from tests.accounts.conftest import MailServer
 
 SCRIPT = """
 import json, sys
@@ -116,3 +118,53 @@ def test_command_timeout_leaves_the_row_creating_for_the_reconciler(
     (row,) = MailAccount.objects.all()
     assert row.mailbox_state == MailboxState.CREATING
     assert not MailAccount.objects.active().exists()
+
+
+# ----- usage --------------------------------------------------------------------------------------
+
+
+def test_command_usage_reports_the_mail_servers_numbers_and_changes_nothing(
+    mail_server: MailServer, make_provider: Any
+) -> None:
+    make_provider(quota_mb=300)
+    create_account(
+        domain="example.org", local_part="juliet", password="balcony-at-midnight", created_via="api"
+    )
+    mail_server.store("juliet@example.org", 4321)
+    effects = mail_server.effects()
+
+    usage = get_backend().usage("juliet@example.org")
+
+    assert usage == Usage(used_bytes=4321, limit_bytes=300 * 1024 * 1024)
+    assert mail_server.effects() == effects
+
+
+def test_command_usage_of_an_unlimited_mailbox_has_no_limit(
+    mail_server: MailServer, make_provider: Any
+) -> None:
+    make_provider(quota_mb=0)
+    create_account(
+        domain="example.org", local_part="juliet", password="balcony-at-midnight", created_via="api"
+    )
+    assert get_backend().usage("juliet@example.org") == Usage(used_bytes=0, limit_bytes=None)
+
+
+def test_command_usage_of_an_unknown_mailbox_is_a_mailbox_error(mail_server: MailServer) -> None:
+    with pytest.raises(MailboxError):
+        get_backend().usage("nobody@example.org")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["not json", '{"usedBytes": "12"}', '{"usedBytes": -1}', '{"limitBytes": 5}', "[]"],
+)
+def test_command_usage_in_another_form_is_a_mailbox_error(
+    settings: Any, tmp_path: Path, answer: str
+) -> None:
+    script = tmp_path / "usage.py"
+    script.write_text(f"import sys\nsys.stdin.read()\nprint({answer!r})\n")
+    settings.MAILBOX_BACKEND = "command"
+    settings.MAILBOX_COMMAND = f"{sys.executable} {script}"
+
+    with pytest.raises(MailboxError, match="usage is not in the expected form"):
+        get_backend().usage("juliet@example.org")
