@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from accounts import passwords
-from accounts.models import AccountStatus, MailAccount, MailboxState, ThirdPartyID
+from accounts.models import (
+    AccountSession,
+    AccountStatus,
+    MailAccount,
+    MailboxState,
+    ThirdPartyID,
+)
+from accounts.services import sessions
 from accounts.services.accounts import create_account
 
 CHANGELIST = "/admin/accounts/mailaccount/"
@@ -198,3 +205,37 @@ def test_admin_filters_accounts_by_mailbox_state(admin_client: Any, account: Mai
 
     assert "juliet@example.org" in listed
     assert "being created" in listed
+
+
+def test_admin_shows_an_accounts_sessions_without_their_token_hash(
+    admin_client: Any, account: MailAccount
+) -> None:
+    new = sessions.log_in(
+        username="juliet@example.org",
+        password="balcony-at-midnight",
+        client=sessions.ClientInfo(ip="192.0.2.9", user_agent="K-9 Mail"),
+    )
+
+    page = admin_client.get(f"{CHANGELIST}{account.pk}/change/").content.decode()
+
+    assert "K-9 Mail" in page and "192.0.2.9" in page
+    assert new.session.token_hash not in page
+
+
+def test_admin_end_sessions_reports_counts_and_ends_them(
+    admin_client: Any, account: MailAccount
+) -> None:
+    other = create_account(
+        domain="example.org", local_part="romeo", password="balcony-at-midnight", created_via="api"
+    )
+    for _ in range(2):
+        sessions.log_in(
+            username="juliet@example.org",
+            password="balcony-at-midnight",
+            client=sessions.ClientInfo(),
+        )
+
+    response = action(admin_client, "end_sessions", [account, other])
+
+    assert "2 sessions of 1 accounts ended, 1 had none." in response.content.decode()
+    assert not AccountSession.objects.exists()
