@@ -7,6 +7,8 @@ from http import HTTPStatus
 from typing import Any
 
 import pytest
+from django.conf import settings
+from django.test import Client
 
 from accounts import passwords
 from accounts.models import (
@@ -239,3 +241,66 @@ def test_admin_end_sessions_reports_counts_and_ends_them(
 
     assert "2 sessions of 1 accounts ended, 1 had none." in response.content.decode()
     assert not AccountSession.objects.exists()
+
+
+# ----- CSRF matrix of the admin (RELIABILITY.md check 17) -----------------------------------
+
+
+def admin_browser(admin_user: Any) -> tuple[Client, str]:
+    """A CSRF-enforcing client logged in as the administrator, and a CSRF field value."""
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(admin_user)
+    page = browser.get(CHANGELIST).content.decode()
+    found = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+    assert found is not None
+    return browser, found.group(1)
+
+
+@pytest.mark.parametrize("csrf_case", ["none", "bad", "good"])
+@pytest.mark.parametrize("session_case", ["none", "bad", "good"])
+def test_admin_actions_need_a_good_session_and_its_csrf_token(
+    admin_user: Any, account: MailAccount, session_case: str, csrf_case: str
+) -> None:
+    browser, good_token = admin_browser(admin_user)
+    _other, other_token = admin_browser(admin_user)  # a real token of another browser
+    attacker = Client(enforce_csrf_checks=True)
+    attacker.cookies[settings.CSRF_COOKIE_NAME] = browser.cookies[settings.CSRF_COOKIE_NAME].value
+    if session_case == "good":
+        name = settings.SESSION_COOKIE_NAME
+        attacker.cookies[name] = browser.cookies[name].value
+    elif session_case == "bad":
+        attacker.cookies[settings.SESSION_COOKIE_NAME] = "not-a-session"
+    form: dict[str, Any] = {"action": "disable_accounts", "_selected_action": [account.pk]}
+    if csrf_case == "good":
+        form["csrfmiddlewaretoken"] = good_token
+    elif csrf_case == "bad":
+        form["csrfmiddlewaretoken"] = other_token
+
+    response = attacker.post(CHANGELIST, form)
+
+    account.refresh_from_db()
+    if session_case == csrf_case == "good":
+        assert response.status_code == HTTPStatus.FOUND
+        assert account.status == AccountStatus.DISABLED
+        return
+    assert account.status == AccountStatus.ACTIVE
+    if csrf_case != "good":
+        assert response.status_code == HTTPStatus.FORBIDDEN
+    else:  # no session: off to the login page, nothing done
+        assert response.status_code == HTTPStatus.FOUND
+        assert "/admin/login/" in response["Location"]
+
+
+def test_admin_action_from_another_site_is_refused(admin_user: Any, account: MailAccount) -> None:
+    browser, token = admin_browser(admin_user)
+    form = {
+        "action": "disable_accounts",
+        "_selected_action": [account.pk],
+        "csrfmiddlewaretoken": token,
+    }
+
+    response = browser.post(CHANGELIST, form, HTTP_ORIGIN="https://evil.example")
+
+    assert response.status_code == HTTPStatus.FORBIDDEN
+    account.refresh_from_db()
+    assert account.status == AccountStatus.ACTIVE
