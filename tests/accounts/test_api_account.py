@@ -818,3 +818,20 @@ def test_login_fails_closed_when_the_cache_is_down(
     assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
     assert response.json()["code"] == "server:error"
     assert response["Retry-After"] == "30"
+
+
+def test_the_schema_describes_every_account_call_with_its_csrf_header(client: Client) -> None:
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    paths = schema["paths"]
+
+    for path, method in [
+        ("/api/v1/account", "get"),
+        ("/api/v1/account/logout", "post"),
+        ("/api/v1/account/password", "post"),
+        ("/api/v1/account/full-name", "post"),
+        ("/api/v1/account/sessions", "get"),
+        ("/api/v1/account/sessions/{session_id}", "delete"),
+    ]:
+        headers = {p["name"] for p in paths[path][method].get("parameters", [])}
+        assert "X-CSRF-Token" in headers, path
+    assert "/api/v1/account/login-prep" in paths and "/api/v1/account/login" in paths

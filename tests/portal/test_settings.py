@@ -143,3 +143,13 @@ def test_an_empty_suggestion_user_agent_keeps_the_default() -> None:
     )
 
     assert result.stdout.strip().splitlines()[-1] == "mailportal-suggestions/1 (+https://p.example)"
+
+
+def test_session_idle_time_longer_than_the_maximum_fails_at_start() -> None:
+    result = run_manage(
+        "check",
+        env={"ACCOUNT_SESSION_IDLE_SECONDS": "7200", "ACCOUNT_SESSION_MAX_SECONDS": "3600"},
+    )
+
+    assert result.returncode != 0
+    assert "ACCOUNT_SESSION_IDLE_SECONDS" in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from io import StringIO
 from typing import Any
@@ -178,3 +179,19 @@ def test_purge_sessions_command_reports_the_count(owner: MailAccount) -> None:
 
     assert out.getvalue().strip() == "purged 1 expired sessions"
     assert not AccountSession.objects.exists()
+
+
+def test_a_login_token_used_by_many_at_once_lets_exactly_one_through() -> None:
+    token = sessions.issue_login_token()
+
+    def use() -> bool:
+        try:
+            sessions.consume_login_token(token=token, cookie=token)
+        except CSRFRefused:
+            return False
+        return True
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        results = list(pool.map(lambda _: use(), range(10)))
+
+    assert results.count(True) == 1
