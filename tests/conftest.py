@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings as django_settings
+from django.db import connection
 
 from accounts import dovecot as private_dovecot
 from providers.models import Provider, ProviderDomain, ServerSetting
@@ -68,6 +69,29 @@ def cache_down(settings: Any) -> None:
             "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
         }
     }
+
+
+@pytest.fixture
+def database_down(transactional_db: None) -> Iterator[Callable[[], None]]:
+    """Call it to make the next connection fail (a closed port, or an unopenable file).
+
+    The database is back (settings restored) after the test; a test may restore it earlier
+    with connection.close() and connection.settings_dict.update(saved).
+    """
+    saved = dict(connection.settings_dict)
+
+    def stop() -> None:
+        connection.close()
+        if connection.vendor == "postgresql":
+            connection.settings_dict.update(HOST="127.0.0.1", PORT=str(_free_port()))
+            connection.settings_dict["OPTIONS"] = {**saved["OPTIONS"], "connect_timeout": 2}
+        else:
+            connection.settings_dict["NAME"] = "/nonexistent-dir/none.sqlite3"
+
+    yield stop
+    connection.close()
+    connection.settings_dict.clear()
+    connection.settings_dict.update(saved)
 
 
 @pytest.fixture
@@ -144,8 +168,6 @@ def dovecot(
     import shutil
     import tempfile
     from pathlib import Path
-
-    from django.db import connection
 
     with django_db_blocker.unblock():
         # The test database's name is known only now, after django_db_setup.
@@ -260,7 +282,6 @@ def portal_server(transactional_db: None, tmp_path: Any) -> Iterator[Callable[..
     REDIS_URL is removed unless given: the child's rate limits and Celery stay its own.
     Its output goes to a log file under tmp_path.
     """
-    from django.db import connection
 
     servers: list[PortalServer] = []
 
