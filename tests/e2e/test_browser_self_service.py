@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import connections
 
 from accounts.models import AccountSession, MailAccount
 from accounts.services.accounts import create_account
@@ -15,6 +17,19 @@ pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 PASSWORD = "Balcony-at-midnight-42"
 
 
+@pytest.fixture
+def browser_db(chromium: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Database queries from the test beside Chromium (as the `page` fixture allows them).
+
+    Playwright's event loop runs in this thread, so Django keeps a connection of its own for
+    the test (asgiref's context-local storage): closed at the end, or the test database
+    could not be dropped.
+    """
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    yield
+    connections.close_all()
+
+
 @pytest.mark.parametrize("javascript", [True, False], ids=["javascript on", "javascript off"])
 def test_owner_logs_in_changes_the_full_name_and_logs_out_in_chromium(
     chromium: Any,
@@ -22,6 +37,7 @@ def test_owner_logs_in_changes_the_full_name_and_logs_out_in_chromium(
     make_provider: Any,
     settings: Any,
     tmp_path: Path,
+    browser_db: None,
     javascript: bool,
 ) -> None:
     settings.RATELIMIT_ENABLE = False  # other tests' logins from 127.0.0.1 share the counters
