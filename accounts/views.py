@@ -93,9 +93,21 @@ def session_action(view: SessionView) -> Callable[..., HttpResponse]:
     return wrapper
 
 
-def _done(key: str) -> HttpResponseRedirect:
-    response = HttpResponseRedirect(f"{reverse('self-service')}?{urlencode({'done': key})}")
+def _see_other(url: str) -> HttpResponseRedirect:
+    response = HttpResponseRedirect(url)
     response.status_code = HTTPStatus.SEE_OTHER
+    return response
+
+
+def _done(key: str) -> HttpResponseRedirect:
+    """After a change: the overview again, with the notice of `key`."""
+    return _see_other(f"{reverse('self-service')}?{urlencode({'done': key})}")
+
+
+def _logged_out() -> HttpResponseRedirect:
+    """After the session ended: the login page saying so, and the cookie cleared."""
+    response = _see_other(f"{reverse('self-service-login')}?{urlencode({'done': 'logout'})}")
+    web.clear_session_cookie(response)
     return response
 
 
@@ -133,8 +145,7 @@ def login_page(request: HttpRequest) -> HttpResponse:
             )
     except PortalError as exc:
         return _login_form(request, LoginForm(initial=_typed_name(form)), error=exc)
-    response = HttpResponseRedirect(reverse("self-service"))
-    response.status_code = HTTPStatus.SEE_OTHER
+    response = _see_other(reverse("self-service"))
     web.set_session_cookie(response, new.token)
     web.clear_login_cookie(response, path=reverse("self-service-login"))
     return response
@@ -182,10 +193,7 @@ def _login_form(
 @session_action
 def logout_page(request: HttpRequest, session: AccountSession) -> HttpResponse:
     sessions.log_out(session=session)
-    response = HttpResponseRedirect(f"{reverse('self-service-login')}?done=logout")
-    response.status_code = HTTPStatus.SEE_OTHER
-    web.clear_session_cookie(response)
-    return response
+    return _logged_out()
 
 
 # ----- the overview and its forms -----------------------------------------------------------
@@ -290,8 +298,5 @@ def revoke_session(request: HttpRequest, session: AccountSession, session_id: in
     except PortalError as exc:
         return _overview(request, session, error=exc)
     if session_id == session.pk:
-        response = HttpResponseRedirect(f"{reverse('self-service-login')}?done=logout")
-        response.status_code = HTTPStatus.SEE_OTHER
-        web.clear_session_cookie(response)
-        return response
+        return _logged_out()
     return _done("revoked")

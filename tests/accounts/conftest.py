@@ -88,3 +88,10 @@ def stranger(owner: MailAccount) -> MailAccount:
         password=self_service.PASSWORD,
         created_via="admin",
     )
+
+
+@pytest.fixture
+def no_rate_limit(settings: Any) -> None:
+    """Rate limits off: the suite's logins all come from 127.0.0.1, and Redis keeps counts
+    between tests. The tests of the limits switch them on with addresses of their own."""
+    settings.RATELIMIT_ENABLE = False

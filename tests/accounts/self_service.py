@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from django.test import Client
 
 from accounts import web
+from accounts.models import AccountSession
 
 PASSWORD = "Balcony-at-midnight-42"
 API = "/api/v1/account"
@@ -41,6 +43,12 @@ def session_of(client: Client) -> str:
     """The session token `client` holds (its cookie)."""
     cookie = client.cookies.get(web.session_cookie_name())
     return cookie.value if cookie is not None else ""
+
+
+def session_id(client: Client) -> int:
+    """The id of the AccountSession `client` holds (the row keeps only the token's hash)."""
+    digest = hashlib.sha256(session_of(client).encode()).hexdigest()
+    return AccountSession.objects.get(token_hash=digest).pk
 
 
 def page_login(client: Client, username: str, password: str = PASSWORD, **extra: Any) -> Any:

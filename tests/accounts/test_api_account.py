@@ -23,17 +23,20 @@ from django.test import Client
 from accounts import web
 from accounts.models import AccountSession, AccountStatus, MailAccount, MailboxState
 from accounts.services.accounts import set_status
+from accounts.services.sessions import token_hash
 from tests.accounts.conftest import MailServer
-from tests.accounts.self_service import API, PASSWORD, api_login, logged_in, post_json, session_of
+from tests.accounts.self_service import (
+    API,
+    PASSWORD,
+    api_login,
+    logged_in,
+    post_json,
+    session_id,
+    session_of,
+)
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_rate_limit")]
 NEW_PASSWORD = "Nightingale-not-lark-7"
-
-
-@pytest.fixture(autouse=True)
-def _no_rate_limit(settings: Any) -> None:
-    # The brute-force tests switch it back on, with client addresses of their own.
-    settings.RATELIMIT_ENABLE = False
 
 
 @pytest.fixture
@@ -273,7 +276,7 @@ def test_only_a_good_session_with_its_good_csrf_value_gets_through(
 ) -> None:
     mine, other = two_sessions
     good_token, good_csrf = session_of(mine), mine.defaults["HTTP_X_CSRF_TOKEN"]
-    other_id = AccountSession.objects.get(token_hash=_hash(session_of(other))).pk
+    other_id = session_id(other)
     attacker = Client()
     if session_case == "good":
         attacker.cookies[web.session_cookie_name()] = good_token
@@ -317,7 +320,7 @@ def test_json_endpoints_refuse_form_and_text_bodies_with_415(
     body: Any,
 ) -> None:
     mine, other = two_sessions
-    other_id = AccountSession.objects.get(token_hash=_hash(session_of(other))).pk
+    other_id = session_id(other)
     before = snapshot(owner)
 
     response = getattr(mine, method)(
@@ -354,7 +357,7 @@ def test_a_request_from_another_site_is_refused_with_403(
     body: Any,
 ) -> None:
     mine, other = two_sessions
-    other_id = AccountSession.objects.get(token_hash=_hash(session_of(other))).pk
+    other_id = session_id(other)
     before = snapshot(owner)
 
     response = call(mine, method, path.format(other=other_id), body, **header)
@@ -383,10 +386,6 @@ def test_own_origin_is_accepted(two_sessions: tuple[Client, Client]) -> None:
     assert response.status_code == HTTPStatus.OK
 
 
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 # ----- Logout, expiry, disabling (RELIABILITY.md check 15) ----------------------------------------
 
 
@@ -400,7 +399,7 @@ def test_logout_ends_the_session_and_its_cookie_is_refused_afterwards(
 
     assert response.status_code == HTTPStatus.NO_CONTENT
     assert response.cookies[web.session_cookie_name()]["max-age"] == 0
-    assert not AccountSession.objects.filter(token_hash=_hash(token)).exists()
+    assert not AccountSession.objects.filter(token_hash=token_hash(token)).exists()
     replay = Client(HTTP_X_CSRF_TOKEN=csrf)
     replay.cookies[web.session_cookie_name()] = token
     refused = replay.get(API)
@@ -643,7 +642,7 @@ def test_revoking_another_session_ends_it_at_its_next_call(
     two_sessions: tuple[Client, Client],
 ) -> None:
     mine, other = two_sessions
-    other_id = AccountSession.objects.get(token_hash=_hash(session_of(other))).pk
+    other_id = session_id(other)
 
     response = mine.delete(f"{API}/sessions/{other_id}", content_type="application/json")
 
@@ -683,7 +682,7 @@ def test_no_token_is_stored_in_clear(client: Client, owner: MailAccount) -> None
     csrf = client.defaults["HTTP_X_CSRF_TOKEN"]
     stored = [str(value) for row in AccountSession.objects.values_list() for value in row]
     assert token not in stored and csrf not in stored
-    assert _hash(token) in stored
+    assert token_hash(token) in stored
 
 
 # ----- Login brute force (RELIABILITY.md check 13) ------------------------------------------------

@@ -7,7 +7,6 @@ tests/e2e/test_browser_self_service.py.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import secrets
 from http import HTTPStatus
@@ -19,15 +18,18 @@ from django.test import Client
 from accounts import web
 from accounts.models import AccountSession, AccountStatus, MailAccount
 from tests.accounts.conftest import MailServer
-from tests.accounts.self_service import PAGES, PASSWORD, hidden, logged_in, page_login, session_of
+from tests.accounts.self_service import (
+    PAGES,
+    PASSWORD,
+    hidden,
+    logged_in,
+    page_login,
+    session_id,
+    session_of,
+)
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_rate_limit")]
 NEW_PASSWORD = "Nightingale-not-lark-7"
-
-
-@pytest.fixture(autouse=True)
-def _no_rate_limit(settings: Any) -> None:
-    settings.RATELIMIT_ENABLE = False
 
 
 @pytest.fixture
@@ -347,7 +349,7 @@ def test_only_a_good_session_with_its_good_csrf_field_gets_a_form_through(
 ) -> None:
     other = Client()
     logged_in(other, "juliet@example.org")
-    other_id = AccountSession.objects.get(token_hash=_hash(session_of(other))).pk
+    other_id = session_id(other)
     good_csrf = csrf_of(browser)
     attacker = Client()
     if session_case == "good":
@@ -378,7 +380,7 @@ def test_a_form_posted_from_another_site_is_refused(
 ) -> None:
     other = Client()
     logged_in(other, "juliet@example.org")
-    other_id = AccountSession.objects.get(token_hash=_hash(session_of(other))).pk
+    other_id = session_id(other)
     form = {**fields, "csrf": csrf_of(browser)}
     before = snapshot(owner)
 
@@ -401,7 +403,3 @@ def test_the_login_form_posted_from_another_site_is_refused(
 def test_pages_refuse_other_methods(browser: Client) -> None:
     assert browser.post(PAGES).status_code == HTTPStatus.METHOD_NOT_ALLOWED
     assert browser.get(f"{PAGES}logout").status_code == HTTPStatus.METHOD_NOT_ALLOWED
-
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()

@@ -3,7 +3,6 @@ used is Dovecot's own count (specs/account-api.md; RELIABILITY.md check 16)."""
 
 from __future__ import annotations
 
-import contextlib
 import socket
 from collections.abc import Callable
 from http import HTTPStatus
@@ -11,14 +10,14 @@ from typing import Any
 
 import pytest
 from django.test import Client
-from imapclient import IMAPClient
-from imapclient.exceptions import LoginError
 
 from accounts.dovecot import LOOPBACK, PrivateDovecot
 from accounts.models import AccountSession, MailAccount
 from accounts.services.accounts import create_account
 from providers.models import Provider
+from tests.accounts.mailbox.test_sql import append_message, fresh_local_part
 from tests.accounts.self_service import API, PASSWORD, logged_in, page_login, post_json
+from tests.accounts.test_dovecot import logs_in, read_until_closed
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 NEW_PASSWORD = "Nightingale-not-lark-7"
@@ -33,21 +32,8 @@ def _no_rate_limit(settings: Any) -> None:
 def owner(make_provider: Callable[..., Provider]) -> MailAccount:
     make_provider(quota_mb=300)
     return create_account(
-        domain="example.org", local_part="juliet", password=PASSWORD, created_via="admin"
+        domain="example.org", local_part=fresh_local_part(), password=PASSWORD, created_via="admin"
     )
-
-
-def imap_accepts(dovecot: PrivateDovecot, address: str, password: str) -> bool:
-    """True if Dovecot lets this login in; False only for its refusal, never a glitch."""
-    client = IMAPClient(LOOPBACK, port=dovecot.port, ssl=False, timeout=15)
-    try:
-        client.login(address, password)
-    except LoginError as exc:
-        assert "AUTHENTICATIONFAILED" in str(exc), str(exc)
-        return False
-    finally:
-        client.logout()
-    return True
 
 
 def test_set_password_ends_other_sessions_keeps_this_one_and_dovecot_takes_only_the_new(
@@ -67,25 +53,16 @@ def test_set_password_ends_other_sessions_keeps_this_one_and_dovecot_takes_only_
         )
 
         assert response.status_code == HTTPStatus.NO_CONTENT
-        assert b"* BYE" in _until_closed(phone)  # doveadm ended the app's session at once
+        assert b"* BYE" in read_until_closed(phone)  # doveadm ended the app's session at once
     refused = other.get(API)
     assert refused.status_code == HTTPStatus.UNAUTHORIZED
     assert refused.json()["code"] == "user:badAuth"
     assert mine.get(API).status_code == HTTPStatus.OK
     assert AccountSession.objects.count() == 1
-    assert not imap_accepts(dovecot, owner.address, PASSWORD)
-    assert imap_accepts(dovecot, owner.address, NEW_PASSWORD)
+    assert not logs_in(dovecot, owner.address, PASSWORD)
+    assert logs_in(dovecot, owner.address, NEW_PASSWORD)
     assert not dovecot.auth_test(owner.address, PASSWORD)  # SMTP AUTH's passdb too
     assert dovecot.auth_test(owner.address, NEW_PASSWORD)
-
-
-def _until_closed(connection: socket.socket) -> bytes:
-    received = b""
-    connection.settimeout(10)
-    with contextlib.suppress(TimeoutError, ConnectionResetError):
-        while chunk := connection.recv(4096):
-            received += chunk
-    return received
 
 
 @pytest.mark.parametrize(
@@ -116,12 +93,7 @@ def test_storage_used_rises_after_a_message_is_appended_over_imap(
     before = client.get(API).json()
     message = b"From: romeo@example.org\r\nSubject: hi\r\n\r\n" + b"O Romeo, Romeo\r\n" * 1000
 
-    imap = IMAPClient(LOOPBACK, port=dovecot.port, ssl=False, timeout=15)
-    try:
-        imap.login(owner.address, PASSWORD)
-        imap.append("INBOX", message)
-    finally:
-        imap.logout()
+    append_message(dovecot, owner.address, PASSWORD, message)
     after = client.get(API).json()
 
     assert before["storageUsed"] == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,24 @@ from providers.models import Provider
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 PASSWORD = "Balcony-at-midnight-42"
+
+
+def fresh_local_part() -> str:
+    """A name no other test used: the session's Dovecot keeps mail on disk between tests, and
+    a test that stores mail must not leave it in another test's juliet@example.org."""
+    return f"append-{secrets.token_hex(4)}"
+
+
+def append_message(dovecot: PrivateDovecot, address: str, password: str, message: bytes) -> None:
+    """Log in over IMAP and APPEND `message` to INBOX, as a mail client stores a draft."""
+    client = IMAPClient(LOOPBACK, port=dovecot.port, ssl=False, timeout=15)
+    try:
+        client.login(address, password)
+        client.append("INBOX", message)
+    finally:
+        client.logout()
+
+
 MESSAGE = b"From: romeo@example.org\r\nSubject: hello\r\n\r\n" + b"Wherefore art thou\r\n" * 400
 
 
@@ -24,15 +43,10 @@ def test_sql_usage_is_dovecots_count_and_rises_with_an_appended_message(
 ) -> None:
     make_provider(quota_mb=300)
     account = create_account(
-        domain="example.org", local_part="juliet", password=PASSWORD, created_via="admin"
+        domain="example.org", local_part=fresh_local_part(), password=PASSWORD, created_via="admin"
     )
     before = get_backend().usage(account.address)
-    client = IMAPClient(LOOPBACK, port=dovecot.port, ssl=False, timeout=15)
-    try:
-        client.login(account.address, PASSWORD)
-        client.append("INBOX", MESSAGE)
-    finally:
-        client.logout()
+    append_message(dovecot, account.address, PASSWORD, MESSAGE)
 
     after = get_backend().usage(account.address)
 
