@@ -207,18 +207,25 @@ def log_in(
     )
     if account is None:
         passwords.verify_password(password, passwords.dummy_hash())
-        raise BadLogin()
+        raise _refused(address, client, "unknown")
     if not passwords.verify_password(password, account.password):
-        raise BadLogin()
+        raise _refused(address, client, "wrong password")
     if not can_log_in(account):
         reason = _NOT_ACTIVE.get(AccountStatus(account.status), "This account is being set up.")
-        raise BadLogin(f"{reason} It cannot log in now.")
+        raise _refused(address, client, account.status, f"{reason} It cannot log in now.")
     with transaction.atomic():
         if replaces:
             AccountSession.objects.filter(token_hash=token_hash(replaces)).delete()
         new = open_session(account=account, client=client)
     logger.info("self-service login: %s from %s", account.address, client.ip or "-")
     return new
+
+
+def _refused(address: str, client: ClientInfo, why: str, message: str | None = None) -> BadLogin:
+    """BadLogin, logged on one line for the operator (fail2ban and the like): never the
+    password; the typed name repr()-quoted, so a line break in it cannot forge a line."""
+    logger.info("self-service login refused: %r from %s (%s)", address, client.ip or "-", why)
+    return BadLogin(message)
 
 
 def open_session(*, account: MailAccount, client: ClientInfo) -> NewSession:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from io import StringIO
@@ -195,3 +196,18 @@ def test_a_login_token_used_by_many_at_once_lets_exactly_one_through() -> None:
         results = list(pool.map(lambda _: use(), range(10)))
 
     assert results.count(True) == 1
+
+
+def test_a_refused_login_is_logged_on_one_line_without_the_password(
+    owner: MailAccount, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="accounts.services.sessions")
+    for name in ("juliet@example.org", "evil\nforged line@example.org"):
+        with pytest.raises(BadLogin):
+            sessions.log_in(username=name, password="Canary-wrong-42", client=CLIENT)
+
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2
+    assert all("\n" not in line and "192.0.2.1" in line for line in lines)
+    assert "wrong password" in lines[0] and "unknown" in lines[1]
+    assert "Canary-wrong-42" not in caplog.text
