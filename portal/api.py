@@ -14,7 +14,9 @@ from portal.errors import PortalError
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """PortalError -> its status and {code, message}; DRF's own errors in the same shape."""
     if isinstance(exc, PortalError):
-        return Response(exc.as_dict(), status=exc.status)
+        retry_after = getattr(exc, "retry_after", None)  # 429 and 503 say when to come back
+        headers = {"Retry-After": str(retry_after)} if retry_after else None
+        return Response(exc.as_dict(), status=exc.status, headers=headers)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None  # an unexpected error: Django's 500 handling and logging take over

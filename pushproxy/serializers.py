@@ -1,0 +1,121 @@
+"""Named input/output serializers of the push subscription API (specs/push-proxy.md).
+
+Field names follow the wire format (clientId, newMail): camelCase. Inputs take JSON
+strings only for text (no number silently turned into a password) and refuse unknown keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from pushproxy import imap, webpush
+from pushproxy.models import PushSubscription
+
+MAX_URL_LENGTH = 2000
+MAX_PASSWORD_LENGTH = 1024
+
+
+class _Text(serializers.CharField):
+    default_error_messages = {"invalid": "Must be a string."}
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        value: str = super().to_internal_value(data)
+        if "\x00" in value or "\r" in value or "\n" in value:
+            raise serializers.ValidationError("Must not contain NUL or line breaks.")
+        return value
+
+
+class _Strict(serializers.Serializer[Any]):
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise serializers.ValidationError({"non_field_errors": ["Must be a JSON object."]})
+        unknown = sorted(set(data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError({key: ["Unknown field."] for key in unknown})
+        return super().to_internal_value(data)
+
+
+class ImapIn(_Strict):
+    host = _Text(max_length=253)
+    port = serializers.IntegerField(min_value=1, max_value=65535, required=False)
+    security = serializers.ChoiceField(choices=imap.SECURITY_CHOICES, default=imap.TLS)
+    username = _Text(max_length=320)
+    password = _Text(max_length=MAX_PASSWORD_LENGTH, write_only=True, trim_whitespace=False)
+    mailbox = _Text(max_length=200, default="INBOX")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs.setdefault("port", imap.DEFAULT_PORTS[attrs["security"]])
+        return attrs
+
+
+class KeysIn(_Strict):
+    p256dh = _Text(max_length=100)
+    auth = _Text(max_length=40)
+
+    def validate(self, attrs: dict[str, str]) -> dict[str, str]:
+        try:
+            webpush.SubscriptionKeys.parse(attrs["p256dh"], attrs["auth"])
+        except webpush.InvalidKeys as exc:
+            raise serializers.ValidationError(str(exc)) from None
+        return attrs
+
+
+class EndpointIn(_Strict):
+    url = _Text(max_length=MAX_URL_LENGTH)
+    keys = KeysIn(required=False)
+    format = serializers.ChoiceField(choices=["simplepush"], required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("keys") and attrs.get("format"):
+            raise serializers.ValidationError("An endpoint with keys is Web Push, not simplepush.")
+        return attrs
+
+
+class EndpointsIn(_Strict):
+    newMail = EndpointIn()  # noqa: N815 - the wire format's name
+    reconnect = EndpointIn()
+
+
+class SubscriptionCreateIn(_Strict):
+    imap = ImapIn()
+    endpoints = EndpointsIn()
+    clientId = _Text(max_length=200)  # noqa: N815 - the wire format's name
+
+
+class SubscriptionCreatedOut(serializers.Serializer[Any]):
+    id = serializers.CharField()
+    token = serializers.CharField(help_text="Bearer token for GET and DELETE; shown once.")
+    status = serializers.ChoiceField(choices=["active", "pending"])
+    mode = serializers.ChoiceField(choices=["idle", "poll"], required=False)
+    mailbox = serializers.CharField(required=False)
+
+
+class SubscriptionOut(serializers.Serializer[Any]):
+    id = serializers.CharField(source="public_id")
+    status = serializers.CharField()
+    mode = serializers.CharField()
+    mailbox = serializers.CharField()
+    clientId = serializers.CharField(source="client_id")  # noqa: N815
+    created = serializers.DateTimeField(source="created_at")
+    lastEvent = serializers.SerializerMethodField()  # noqa: N815
+    pushesSent = serializers.IntegerField(source="pushes_sent")  # noqa: N815
+    error = serializers.CharField()
+
+    def get_lastEvent(self, sub: PushSubscription) -> dict[str, Any] | None:  # noqa: N802
+        if sub.last_event_at is None:
+            return None
+        return {"type": sub.last_event_type, "at": sub.last_event_at.isoformat()}
+
+
+class LastEventOut(serializers.Serializer[Any]):
+    type = serializers.ChoiceField(choices=["newMail", "reconnect"])
+    at = serializers.DateTimeField()
+
+
+class ErrorOut(serializers.Serializer[Any]):
+    code = serializers.CharField()
+    message = serializers.CharField()
