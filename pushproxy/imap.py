@@ -154,9 +154,24 @@ class _PinnedIMAP4(imaplib.IMAP4):
         self.reader = _Reader(sock)
 
     def starttls(self, ssl_context: Any = None) -> tuple[str, list[Any]]:
-        result: tuple[str, list[Any]] = super().starttls(ssl_context)
+        """imaplib's STARTTLS, with our reader: anything the server sent after its OK and
+        before the handshake is refused (RFC 3207-style command injection), and reading
+        restarts on the TLS socket."""
+        if self._tls_established:
+            raise self.abort("TLS session already established")
+        if "STARTTLS" not in self.capabilities:
+            raise self.abort("TLS not supported by server")
+        typ, dat = self._simple_command("STARTTLS")
+        if typ != "OK":
+            raise self.error("Couldn't establish TLS session")
         assert self.reader is not None  # noqa: S101 - set by open()
-        self.reader = _Reader(self.sock)  # nothing may be buffered across STARTTLS
+        if self.reader.buffer:
+            raise self.abort("data arrived between STARTTLS and the TLS handshake")
+        self.sock = ssl_context.wrap_socket(self.sock, server_hostname=self.host)
+        self.reader = _Reader(self.sock)
+        self._tls_established = True
+        self._get_capabilities()
+        result: tuple[str, list[Any]] = self._untagged_response(typ, dat, "STARTTLS")
         return result
 
     def read(self, size: int) -> bytes:

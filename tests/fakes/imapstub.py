@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 USER = "juliet@example.org"
-PASSWORD = "Balcony-at-midnight-42"  # noqa: S105 - the stub's test account
+PASSWORD = "Balcony-at-midnight-42"  # the stub's test account
 
 
 @dataclass
@@ -65,10 +65,15 @@ class ImapStub:
             self._server.close()
             for conn in list(self._conns):
                 conn.writer.close()
+            await self._server.wait_closed()
+            await asyncio.sleep(0.05)  # let the connection handlers finish
 
+        if self._loop.is_closed():
+            return
         self._call(close())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()
 
     def _call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
