@@ -221,14 +221,13 @@ def _hand_off(
 
 
 def _wait(result: Any) -> None:
-    if result is None:
-        return
+    if result is None or isinstance(result, EagerResult):
+        return  # eager (no Redis): the login ran in the hand-off itself
     try:
         result.get(timeout=settings.PUSHPROXY_LOGIN_WAIT_SECONDS, propagate=False)
     except CeleryTimeout:
         return
-    if not isinstance(result, EagerResult):
-        result.forget()  # the outcome is in the database; nothing stays in Redis
+    result.forget()  # the outcome is in the database; nothing stays in Redis
 
 
 def _settle(pk: int, token: str) -> Subscribed:
