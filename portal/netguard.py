@@ -343,7 +343,7 @@ def request(
             headers={name.lower(): value for name, value in answer.getheaders()},
             body=b"".join(chunks),
         )
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         raise EgressError("timeout", f"{target.host} did not answer in time") from None
     except (ConnectionError, http.client.HTTPException, ssl.SSLError, OSError) as exc:
         raise EgressError(

@@ -58,7 +58,7 @@ class PushSubscriptionAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         # Everything: a subscription is made by its app and ended by it or by the action.
-        return [field for fieldset in self.fieldsets for field in fieldset[1]["fields"]]
+        return [str(field) for fieldset in self.fieldsets for field in fieldset[1]["fields"]]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -120,7 +120,8 @@ class SubscriptionView(APIView):
 
 
 def _bearer(request: Request) -> str:
-    scheme, _, token = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    header: str = request.META.get("HTTP_AUTHORIZATION", "")
+    scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise TokenRequired()
     return token.strip()

@@ -14,6 +14,7 @@ threads and in gevent greenlets (after monkey-patching, sockets are cooperative)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import imaplib
 import re
@@ -153,11 +154,11 @@ class _PinnedIMAP4(imaplib.IMAP4):
         self.sock = sock
         self.reader = _Reader(sock)
 
-    def starttls(self, ssl_context: Any = None) -> tuple[str, list[Any]]:
+    def starttls(self, ssl_context: Any = None) -> Any:
         """imaplib's STARTTLS, with our reader: anything the server sent after its OK and
         before the handshake is refused (RFC 3207-style command injection), and reading
         restarts on the TLS socket."""
-        if self._tls_established:
+        if getattr(self, "_tls_established", False):
             raise self.abort("TLS session already established")
         if "STARTTLS" not in self.capabilities:
             raise self.abort("TLS not supported by server")
@@ -171,8 +172,7 @@ class _PinnedIMAP4(imaplib.IMAP4):
         self.reader = _Reader(self.sock)
         self._tls_established = True
         self._get_capabilities()
-        result: tuple[str, list[Any]] = self._untagged_response(typ, dat, "STARTTLS")
-        return result
+        return self._untagged_response(typ, dat, "STARTTLS")
 
     def read(self, size: int) -> bytes:
         assert self.reader is not None  # noqa: S101
@@ -307,10 +307,8 @@ def _starttls(client: _Client, context: ssl.SSLContext, mailbox: Mailbox) -> Non
 
 
 def _abandon(client: _Client) -> None:
-    try:
+    with contextlib.suppress(Exception):  # closing a broken connection: nothing to report
         client._imap.shutdown()
-    except Exception:  # noqa: S110 - closing a broken connection; nothing to report
-        pass
 
 
 def _describe(exc: BaseException, mailbox: Mailbox) -> str:
@@ -355,7 +353,7 @@ class Session:
     def _send(self, data: bytes) -> None:
         try:
             self._sock.sendall(data)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise SessionLost("timeout", "sending") from None
         except OSError as exc:
             raise SessionLost("reset", type(exc).__name__) from None
@@ -465,7 +463,7 @@ class Session:
             self._sock.settimeout(timeout)
             if self._reader.fill():
                 return True
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             if raise_timeout:
                 raise SessionLost("timeout", "no answer in time") from None
             return False
@@ -484,16 +482,12 @@ class Session:
         still write LOGOUT; safe from another thread: no TLS state is touched here.
         """
         self.interrupted = True
-        try:
+        with contextlib.suppress(OSError):
             socket.socket.shutdown(self._sock, socket.SHUT_RD)
-        except OSError:
-            pass
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._sock.close()
 
 

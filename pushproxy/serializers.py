@@ -76,14 +76,14 @@ class EndpointIn(_Strict):
 
 
 class EndpointsIn(_Strict):
-    newMail = EndpointIn()  # noqa: N815 - the wire format's name
+    newMail = EndpointIn()
     reconnect = EndpointIn()
 
 
 class SubscriptionCreateIn(_Strict):
     imap = ImapIn()
     endpoints = EndpointsIn()
-    clientId = _Text(max_length=200)  # noqa: N815 - the wire format's name
+    clientId = _Text(max_length=200)
 
 
 class SubscriptionCreatedOut(serializers.Serializer[Any]):
@@ -99,13 +99,13 @@ class SubscriptionOut(serializers.Serializer[Any]):
     status = serializers.CharField()
     mode = serializers.CharField()
     mailbox = serializers.CharField()
-    clientId = serializers.CharField(source="client_id")  # noqa: N815
+    clientId = serializers.CharField(source="client_id")
     created = serializers.DateTimeField(source="created_at")
-    lastEvent = serializers.SerializerMethodField()  # noqa: N815
-    pushesSent = serializers.IntegerField(source="pushes_sent")  # noqa: N815
+    lastEvent = serializers.SerializerMethodField()
+    pushesSent = serializers.IntegerField(source="pushes_sent")
     error = serializers.CharField()
 
-    def get_lastEvent(self, sub: PushSubscription) -> dict[str, Any] | None:  # noqa: N802
+    def get_lastEvent(self, sub: PushSubscription) -> dict[str, Any] | None:
         if sub.last_event_at is None:
             return None
         return {"type": sub.last_event_type, "at": sub.last_event_at.isoformat()}

@@ -50,7 +50,7 @@ def drain(*, notify: bool = False, reopen: bool = True) -> int:
     soft_time_limit=45,
     time_limit=60,
 )
-def deliver_push(self: Any, **kwargs: Any) -> str:
+def deliver_push(self: Any, /, **kwargs: Any) -> str:
     from pushproxy.services import delivery  # services import this module
 
     try:
@@ -65,5 +65,5 @@ def backoff(retries: int) -> float:
     """2, 4, 8, ... seconds up to 300, with up to 50% random jitter added."""
     import random
 
-    base = min(300.0, 2.0 * (2**retries))
+    base: float = min(300.0, 2.0 * (2**retries))
     return base + random.uniform(0, base / 2)  # noqa: S311 - jitter, not a secret

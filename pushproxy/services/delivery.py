@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from django.conf import settings
 from django.db.models import F, Q
 from django.utils import timezone
@@ -244,7 +245,7 @@ def _retry_after(value: str) -> int:
 _vapid_cache: dict[str, object] = {}
 
 
-def vapid_key() -> webpush.ec.EllipticCurvePrivateKey:
+def vapid_key() -> ec.EllipticCurvePrivateKey:
     """The VAPID signing key: PUSHPROXY_VAPID_PRIVATE_KEY, else var/vapid_private_key.pem."""
     configured = settings.PUSHPROXY_VAPID_PRIVATE_KEY
     cache_key = configured or "generated"
@@ -258,5 +259,5 @@ def vapid_key() -> webpush.ec.EllipticCurvePrivateKey:
         else:
             key = webpush.load_or_create_vapid_key(Path(settings.VAR_DIR) / "vapid_private_key.pem")
         _vapid_cache[cache_key] = key
-    assert isinstance(key, webpush.ec.EllipticCurvePrivateKey)  # noqa: S101
+    assert isinstance(key, ec.EllipticCurvePrivateKey)  # noqa: S101
     return key

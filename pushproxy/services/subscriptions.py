@@ -8,6 +8,7 @@ outcome is recorded or its wait runs out (202), and a late failure is then pushe
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import secrets
@@ -275,21 +276,17 @@ def end_subscription(*, public_id: str, token: str) -> None:
 
 def end_subscriptions(queryset: Any, *, reason: str = "ended_by_operator") -> tuple[int, int]:
     """Operator's end (admin): live ones end, their sessions log out, and each gets a
-    reconnect push with `reason`. Returns (ended, skipped)."""
-    ended = skipped = 0
-    for sub in list(queryset):
-        event = uuid.uuid4().hex
-        with transaction.atomic():
-            count = PushSubscription.objects.filter(pk=sub.pk, status__in=LIVE).update(
-                status=Status.ENDED, error=reason[:40], final_event=event, ended_at=timezone.now()
-            )
-            if count:
-                transaction.on_commit(
-                    lambda sub=sub, event=event: _end_and_notify(sub, event, reason)
-                )
-        ended += count
-        skipped += 1 - count
-    return ended, skipped
+    reconnect push with `reason`. Returns (ended, skipped: not live)."""
+    selected = queryset.count()
+    event = uuid.uuid4().hex  # one batch: the subscription id tells the pushes apart
+    with transaction.atomic():
+        PushSubscription.objects.filter(pk__in=queryset.values("pk"), status__in=LIVE).update(
+            status=Status.ENDED, error=reason[:40], final_event=event, ended_at=timezone.now()
+        )
+        ended = list(PushSubscription.objects.filter(final_event=event))
+        for sub in ended:
+            transaction.on_commit(functools.partial(_end_and_notify, sub, event, reason))
+    return len(ended), selected - len(ended)
 
 
 def _end_and_notify(sub: PushSubscription, event: str, reason: str) -> None:

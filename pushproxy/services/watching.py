@@ -8,6 +8,7 @@ here only between `unseal` and the login call.
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -74,7 +75,7 @@ def watch(
         return failed("imap_error")  # the key names a different account: never watch that
     timeout = settings.PUSHPROXY_LOGIN_TIMEOUT
 
-    def connect() -> imap.socket.socket:
+    def connect() -> socket.socket:
         return netguard.connect(host, port, allowed_ports=netguard.IMAP_PORTS, timeout=timeout)
 
     try:

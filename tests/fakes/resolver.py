@@ -12,7 +12,7 @@ ASKED: list[str] = []
 PATH = "tests.fakes.resolver.getaddrinfo"
 
 
-def getaddrinfo(host: str, port: Any, family: int = 0, type: int = 0, *args: Any) -> list[Any]:  # noqa: A002
+def getaddrinfo(host: str, port: Any, family: int = 0, type: int = 0, *args: Any) -> list[Any]:
     ASKED.append(host)
     answers = ANSWERS.get(host.lower())
     if answers is None:
@@ -22,7 +22,13 @@ def getaddrinfo(host: str, port: Any, family: int = 0, type: int = 0, *args: Any
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
     # "a,b": one answer with two addresses.
     return [
-        (socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, int(port or 0)))
+        (
+            socket.AF_INET6 if ":" in address else socket.AF_INET,
+            socket.SOCK_STREAM,
+            6,
+            "",
+            (address, int(port or 0)),
+        )
         for address in answer.split(",")
     ]
 

@@ -32,7 +32,9 @@ def _hkdf(length: int, salt: bytes, info: bytes, ikm: bytes) -> bytes:
 class UserAgent:
     """A browser's push subscription: its P-256 key pair and 16-byte auth secret."""
 
-    def __init__(self, private: ec.EllipticCurvePrivateKey | None = None, auth: bytes | None = None):
+    def __init__(
+        self, private: ec.EllipticCurvePrivateKey | None = None, auth: bytes | None = None
+    ):
         self.private = private or ec.generate_private_key(ec.SECP256R1())
         self.auth = auth or os.urandom(16)
         self.public = self.private.public_key().public_bytes(
@@ -71,7 +73,9 @@ def verify_vapid(authorization: str, endpoint: str) -> dict[str, Any]:
     signature = b64d(signature_b64)
     public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b64d(fields["k"]))
     public.verify(
-        encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")),
+        encode_dss_signature(
+            int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+        ),
         f"{header_b64}.{claims_b64}".encode("ascii"),
         ec.ECDSA(hashes.SHA256()),
     )

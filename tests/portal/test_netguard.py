@@ -175,7 +175,7 @@ def test_rebinding_name_checked_public_then_loopback_is_not_contacted(service: P
     # Validation (subscription time) sees a public address; at send time the same name
     # answers 127.0.0.1, where the local service listens: it must see nothing.
     resolver.ANSWERS["rebind.example.net"] = [PUBLIC, "127.0.0.1"]
-    url = f"https://rebind.example.net/push"
+    url = "https://rebind.example.net/push"
     assert netguard.check_url(url, allow_http=False).addresses == (ipaddress.ip_address(PUBLIC),)
 
     with egress.watching() as attempts, pytest.raises(netguard.EgressRefused):

@@ -48,7 +48,9 @@ class Workers:
         return "".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log")))
 
 
-def _wait_for_line(path: Path, needle: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+def _wait_for_line(
+    path: Path, needle: str, process: subprocess.Popen[bytes], timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists() and needle in path.read_text(errors="replace"):
@@ -56,7 +58,9 @@ def _wait_for_line(path: Path, needle: str, process: subprocess.Popen[bytes], ti
         if process.poll() is not None:
             break
         time.sleep(0.2)
-    raise RuntimeError(f"{path.name}: no {needle!r} in time:\n{path.read_text(errors='replace')[-3000:]}")
+    raise RuntimeError(
+        f"{path.name}: no {needle!r} in time:\n{path.read_text(errors='replace')[-3000:]}"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -89,20 +93,46 @@ def push_workers(django_db_setup: None, django_db_blocker: Any) -> Iterator[Work
     worker_id = f"test-{uuid.uuid4().hex[:8]}"
     python = sys.executable
     commands = {
-        "monitor": [python, "manage.py", "run_push_monitor", "--id", worker_id, "--concurrency", "20"],
+        "monitor": [
+            python,
+            "manage.py",
+            "run_push_monitor",
+            "--id",
+            worker_id,
+            "--concurrency",
+            "20",
+        ],
         "push": [
-            python, "-m", "celery", "-A", "portal", "worker", "-Q", "push", "-P", "threads",
-            "-c", "4", "-n", f"push-{worker_id}@%h", "--without-gossip", "--without-mingle",
-            "--without-heartbeat", "-l", "INFO",
+            python,
+            "-m",
+            "celery",
+            "-A",
+            "portal",
+            "worker",
+            "-Q",
+            "push",
+            "-P",
+            "threads",
+            "-c",
+            "4",
+            "-n",
+            f"push-{worker_id}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-l",
+            "INFO",
         ],
     }
     processes = []
     try:
         for name, command in commands.items():
-            log = (logs / f"{name}.log").open("wb")
-            processes.append(
-                subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-            )
+            with (logs / f"{name}.log").open("wb") as log:  # the child keeps its own copy
+                processes.append(
+                    subprocess.Popen(
+                        command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                    )
+                )
         for name, process in zip(commands, processes, strict=True):
             _wait_for_line(logs / f"{name}.log", "ready.", process, timeout=60)
     except Exception:
@@ -134,7 +164,9 @@ def push_settings(settings: Any) -> Any:
 
 
 @pytest.fixture
-def push_stack(push_settings: Any, push_workers: Workers | None, transactional_db: None) -> Iterator[Workers | None]:
+def push_stack(
+    push_settings: Any, push_workers: Workers | None, transactional_db: None
+) -> Iterator[Workers | None]:
     """A monitor ready for sessions; every session logged out after the test."""
     from pushproxy.services import monitors
     from pushproxy.tasks import drain
@@ -144,7 +176,9 @@ def push_stack(push_settings: Any, push_workers: Workers | None, transactional_d
         monitors.register(push_workers.worker_id)
     yield push_workers
     if push_workers is not None:
-        drain.apply_async(kwargs={"notify": False, "reopen": True}, queue=push_workers.queue).get(timeout=30)
+        drain.apply_async(kwargs={"notify": False, "reopen": True}, queue=push_workers.queue).get(
+            timeout=30
+        )
     monitor.reset_manager()
 
 

@@ -18,7 +18,7 @@ from imapclient import IMAPClient
 from accounts.dovecot import LOOPBACK, PrivateDovecot
 from accounts.services.accounts import create_account
 from providers.models import Provider
-from pushproxy.models import PushSubscription, Status
+from pushproxy.models import PushSubscription
 from tests.fakes.imapstub import PASSWORD as STUB_PASSWORD
 from tests.fakes.imapstub import USER as STUB_USER
 from tests.fakes.imapstub import ImapStub
@@ -39,7 +39,9 @@ def account(make_provider: Callable[..., Provider], push_stack: Any) -> str:
     """A fresh address per test: Dovecot keeps each mailbox's messages across tests."""
     make_provider()
     local_part = f"juliet{uuid.uuid4().hex[:8]}"
-    create_account(domain="example.org", local_part=local_part, password=PASSWORD, created_via="admin")
+    create_account(
+        domain="example.org", local_part=local_part, password=PASSWORD, created_via="admin"
+    )
     return f"{local_part}@example.org"
 
 
@@ -67,7 +69,10 @@ def subscribe(
             "password": password,
             "mailbox": mailbox,
         },
-        "endpoints": {"newMail": new_mail, "reconnect": {"url": service.url(f"/{prefix}reconnect")}},
+        "endpoints": {
+            "newMail": new_mail,
+            "reconnect": {"url": service.url(f"/{prefix}reconnect")},
+        },
         "clientId": client_id,
     }
     return client.post(URL, data=json.dumps(body), content_type="application/json")
@@ -164,7 +169,9 @@ def test_web_push_payload_decrypts_and_carries_a_valid_vapid_jwt(
 def test_wrong_password_is_401_and_keeps_nothing(
     client: Client, dovecot: PrivateDovecot, account: str, push_service: PushService
 ) -> None:
-    answer = subscribe(client, push_service, username=account, port=dovecot.port, password="not-" + PASSWORD)
+    answer = subscribe(
+        client, push_service, username=account, port=dovecot.port, password="not-" + PASSWORD
+    )
 
     assert answer.status_code == HTTPStatus.UNAUTHORIZED
     assert answer.json()["code"] == "imap_auth_failed"
@@ -176,7 +183,9 @@ def test_wrong_password_is_401_and_keeps_nothing(
 def test_unknown_mailbox_is_422_and_keeps_nothing(
     client: Client, dovecot: PrivateDovecot, account: str, push_service: PushService
 ) -> None:
-    answer = subscribe(client, push_service, username=account, port=dovecot.port, mailbox="No such folder")
+    answer = subscribe(
+        client, push_service, username=account, port=dovecot.port, mailbox="No such folder"
+    )
 
     assert answer.status_code == HTTPStatus.UNPROCESSABLE_ENTITY
     assert answer.json()["code"] == "mailbox_not_found"
@@ -205,7 +214,9 @@ def test_second_post_for_the_same_slot_replaces_the_first(
     first = subscribe(client, push_service, username=account, port=dovecot.port, prefix="a/").json()
     assert wait_until(lambda: sessions(dovecot, account) == 1)
 
-    second = subscribe(client, push_service, username=account, port=dovecot.port, prefix="b/").json()
+    second = subscribe(
+        client, push_service, username=account, port=dovecot.port, prefix="b/"
+    ).json()
 
     assert second["status"] == "active"
     assert wait_until(lambda: sessions(dovecot, account) == 1)
@@ -222,8 +233,12 @@ def test_second_post_for_the_same_slot_replaces_the_first(
 def test_another_device_gets_its_own_session(
     client: Client, dovecot: PrivateDovecot, account: str, push_service: PushService
 ) -> None:
-    subscribe(client, push_service, username=account, port=dovecot.port, client_id="phone", prefix="p/")
-    subscribe(client, push_service, username=account, port=dovecot.port, client_id="laptop", prefix="l/")
+    subscribe(
+        client, push_service, username=account, port=dovecot.port, client_id="phone", prefix="p/"
+    )
+    subscribe(
+        client, push_service, username=account, port=dovecot.port, client_id="laptop", prefix="l/"
+    )
 
     assert wait_until(lambda: sessions(dovecot, account) == 2)
     append(dovecot.port, account)
@@ -309,7 +324,9 @@ def stub(push_stack: Any) -> Iterator[ImapStub]:
     server.stop()
 
 
-def test_authentication_failed_is_not_retried(client: Client, stub: ImapStub, push_service: PushService) -> None:
+def test_authentication_failed_is_not_retried(
+    client: Client, stub: ImapStub, push_service: PushService
+) -> None:
     answer = subscribe(client, push_service, port=stub.port, username=STUB_USER, password="wrong")
 
     assert answer.status_code == HTTPStatus.UNAUTHORIZED
@@ -323,12 +340,16 @@ def test_logins_per_imap_account_are_rate_limited(
 ) -> None:
     settings.PUSH_LOGIN_RATE = "3/m"
     answers = [
-        subscribe(client, push_service, port=stub.port, username=STUB_USER, password="wrong").status_code
+        subscribe(
+            client, push_service, port=stub.port, username=STUB_USER, password="wrong"
+        ).status_code
         for _ in range(5)
     ]
     assert answers == [401, 401, 401, 429, 429]
     assert stub.commands.count("AUTHENTICATE") == 3
-    limited = subscribe(client, push_service, port=stub.port, username=STUB_USER, password=STUB_PASSWORD)
+    limited = subscribe(
+        client, push_service, port=stub.port, username=STUB_USER, password=STUB_PASSWORD
+    )
     assert limited.status_code == 429
     assert 0 < int(limited["Retry-After"]) <= 60
 
@@ -339,8 +360,24 @@ def test_one_stalled_endpoint_does_not_delay_another(
     from tests.fakes.push_service import Rule
 
     push_service.rules["/slow/new"] = Rule(delay=8)
-    slow = subscribe(client, push_service, port=stub.port, username=STUB_USER, password=STUB_PASSWORD, client_id="a", prefix="slow/")
-    fast = subscribe(client, push_service, port=stub.port, username=STUB_USER, password=STUB_PASSWORD, client_id="b", prefix="fast/")
+    slow = subscribe(
+        client,
+        push_service,
+        port=stub.port,
+        username=STUB_USER,
+        password=STUB_PASSWORD,
+        client_id="a",
+        prefix="slow/",
+    )
+    fast = subscribe(
+        client,
+        push_service,
+        port=stub.port,
+        username=STUB_USER,
+        password=STUB_PASSWORD,
+        client_id="b",
+        prefix="fast/",
+    )
     assert (slow.status_code, fast.status_code) == (201, 201)
     assert stub.wait_for(lambda: stub.commands.count("IDLE") == 2)
 
@@ -356,13 +393,23 @@ def test_one_stalled_endpoint_does_not_delay_another(
     ("change", "code"),
     [
         (lambda body: body["imap"].update(security="none"), "plaintext_refused"),
-        (lambda body: body["endpoints"]["newMail"].update(url="http://127.0.0.1/x"), "egress_refused"),
-        (lambda body: body["endpoints"]["reconnect"].update(url="https://10.0.0.1/x"), "egress_refused"),
+        (
+            lambda body: body["endpoints"]["newMail"].update(url="http://127.0.0.1/x"),
+            "egress_refused",
+        ),
+        (
+            lambda body: body["endpoints"]["reconnect"].update(url="https://10.0.0.1/x"),
+            "egress_refused",
+        ),
         (lambda body: body["imap"].update(host="127.0.0.1"), "egress_refused"),
     ],
 )
 def test_refusals_change_nothing_and_contact_nothing(
-    client: Client, settings: Any, change: Callable[[dict[str, Any]], None], code: str, transactional_db: None
+    client: Client,
+    settings: Any,
+    change: Callable[[dict[str, Any]], None],
+    code: str,
+    transactional_db: None,
 ) -> None:
     from tests.fakes import egress
 
@@ -370,7 +417,10 @@ def test_refusals_change_nothing_and_contact_nothing(
     settings.PUSHPROXY_ALLOW_PLAINTEXT = False
     body: dict[str, Any] = {
         "imap": {"host": "127.0.0.1", "port": 993, "username": ADDRESS, "password": PASSWORD},
-        "endpoints": {"newMail": {"url": "https://127.0.0.1/n"}, "reconnect": {"url": "https://127.0.0.1/r"}},
+        "endpoints": {
+            "newMail": {"url": "https://127.0.0.1/n"},
+            "reconnect": {"url": "https://127.0.0.1/r"},
+        },
         "clientId": "phone",
     }
     change(body)

@@ -12,7 +12,6 @@ from pushproxy.sealing import Secret
 from tests.fakes.certs import self_signed
 from tests.fakes.imapstub import PASSWORD, USER, ImapStub
 
-
 OPENED: list[imap.Session] = []
 
 
@@ -30,7 +29,15 @@ def stub() -> Iterator[ImapStub]:
     server.stop()
 
 
-def _open(server: ImapStub, *, security: str = "none", password: str = PASSWORD, mailbox: str = "INBOX", host: str = "127.0.0.1", **kwargs: object) -> imap.Session:
+def _open(
+    server: ImapStub,
+    *,
+    security: str = "none",
+    password: str = PASSWORD,
+    mailbox: str = "INBOX",
+    host: str = "127.0.0.1",
+    **kwargs: object,
+) -> imap.Session:
     target = imap.Mailbox(host, server.port, security, USER, mailbox)
     session = imap.open_session(
         target,
@@ -82,7 +89,10 @@ def test_nothing_listening_is_imap_unreachable() -> None:
     target = imap.Mailbox("127.0.0.1", port, "none", USER)
     with pytest.raises(imap.ImapFailure) as caught:
         imap.open_session(
-            target, Secret(PASSWORD), connect=lambda: socket.create_connection(("127.0.0.1", port)), timeout=2
+            target,
+            Secret(PASSWORD),
+            connect=lambda: socket.create_connection(("127.0.0.1", port)),
+            timeout=2,
         )
     assert caught.value.code == "imap_unreachable"
     probe.close()
@@ -103,14 +113,20 @@ def test_idle_sees_exists_and_done_ends_it(stub: ImapStub) -> None:
 
 
 @pytest.mark.parametrize(("fault", "reason"), [("bye", "bye"), ("reset", "reset")])
-def test_server_faults_while_idling_end_the_session(stub: ImapStub, fault: str, reason: str) -> None:
+def test_server_faults_while_idling_end_the_session(
+    stub: ImapStub, fault: str, reason: str
+) -> None:
     session = _open(stub)
     session.start_idle(2)
     getattr(stub, fault)()
     with pytest.raises(imap.SessionLost) as caught:
         for _ in range(20):
             session.wait(1)
-    assert caught.value.reason in {reason, "eof"} if fault == "reset" else caught.value.reason == reason
+    assert (
+        caught.value.reason in {reason, "eof"}
+        if fault == "reset"
+        else caught.value.reason == reason
+    )
 
 
 def test_a_closed_connection_is_eof_not_silence(stub: ImapStub) -> None:
@@ -182,8 +198,13 @@ def test_starttls_upgrades_before_login() -> None:
     cert = self_signed("imap.test")
     server = ImapStub(starttls=cert.server_context()).start()
     try:
-        session = _open(server, security="starttls", host="imap.test", ssl_context=cert.client_context())
-        assert server.commands[:3] == ["CAPABILITY", "STARTTLS", "CAPABILITY"] or "STARTTLS" in server.commands
+        session = _open(
+            server, security="starttls", host="imap.test", ssl_context=cert.client_context()
+        )
+        assert (
+            server.commands[:3] == ["CAPABILITY", "STARTTLS", "CAPABILITY"]
+            or "STARTTLS" in server.commands
+        )
         assert server.commands.index("STARTTLS") < server.commands.index("AUTHENTICATE")
         session.logout(2)
     finally:
@@ -201,5 +222,11 @@ def test_account_key_ignores_case_of_host_and_user_but_not_mailbox() -> None:
     a = imap.Mailbox("IMAP.Example.org", 993, "tls", "Juliet@Example.org", "INBOX")
     b = imap.Mailbox("imap.example.org", 993, "starttls", "juliet@example.org", "INBOX")
     assert a.account_key == b.account_key
-    assert a.account_key != imap.Mailbox("imap.example.org", 993, "tls", "juliet@example.org", "Archive").account_key
-    assert a.account_key != imap.Mailbox("imap.example.org", 143, "tls", "juliet@example.org").account_key
+    assert (
+        a.account_key
+        != imap.Mailbox("imap.example.org", 993, "tls", "juliet@example.org", "Archive").account_key
+    )
+    assert (
+        a.account_key
+        != imap.Mailbox("imap.example.org", 143, "tls", "juliet@example.org").account_key
+    )

@@ -63,7 +63,13 @@ def stub() -> Iterator[ImapStub]:
     server.stop()
 
 
-def watched(server: ImapStub, subscription: str, generation: int, client: str = "phone", account: str = "acct") -> monitor.Watched:
+def watched(
+    server: ImapStub,
+    subscription: str,
+    generation: int,
+    client: str = "phone",
+    account: str = "acct",
+) -> monitor.Watched:
     session = imap.open_session(
         imap.Mailbox("127.0.0.1", server.port, "none", USER),
         Secret(PASSWORD),
@@ -73,7 +79,9 @@ def watched(server: ImapStub, subscription: str, generation: int, client: str = 
     return monitor.Watched(subscription, generation, account, client, session)
 
 
-def test_new_mail_is_reported_with_the_new_count(manager: monitor.Manager, sink: RecordingSink, stub: ImapStub) -> None:
+def test_new_mail_is_reported_with_the_new_count(
+    manager: monitor.Manager, sink: RecordingSink, stub: ImapStub
+) -> None:
     manager.adopt(watched(stub, "ps_a", 1))
     assert stub.wait_for(lambda: "IDLE" in stub.commands)
 
@@ -82,7 +90,9 @@ def test_new_mail_is_reported_with_the_new_count(manager: monitor.Manager, sink:
     assert sink.wait(1) == [("newMail", "ps_a", 3)]
 
 
-def test_a_burst_of_exists_is_pushed_once(manager: monitor.Manager, sink: RecordingSink, stub: ImapStub) -> None:
+def test_a_burst_of_exists_is_pushed_once(
+    manager: monitor.Manager, sink: RecordingSink, stub: ImapStub
+) -> None:
     manager.adopt(watched(stub, "ps_a", 1))
     assert stub.wait_for(lambda: "IDLE" in stub.commands)
 
@@ -92,7 +102,9 @@ def test_a_burst_of_exists_is_pushed_once(manager: monitor.Manager, sink: Record
     assert sink.events == [("newMail", "ps_a", 7)]
 
 
-def test_separate_messages_are_pushed_separately(manager: monitor.Manager, sink: RecordingSink, stub: ImapStub) -> None:
+def test_separate_messages_are_pushed_separately(
+    manager: monitor.Manager, sink: RecordingSink, stub: ImapStub
+) -> None:
     manager.adopt(watched(stub, "ps_a", 1))
     assert stub.wait_for(lambda: "IDLE" in stub.commands)
     stub.new_mail()
@@ -101,7 +113,10 @@ def test_separate_messages_are_pushed_separately(manager: monitor.Manager, sink:
     assert sink.wait(2) == [("newMail", "ps_a", 3), ("newMail", "ps_a", 4)]
 
 
-@pytest.mark.parametrize(("fault", "reasons"), [("bye", {"bye"}), ("reset", {"reset", "eof"}), ("stop", {"eof", "reset"})])
+@pytest.mark.parametrize(
+    ("fault", "reasons"),
+    [("bye", {"bye"}), ("reset", {"reset", "eof"}), ("stop", {"eof", "reset"})],
+)
 def test_losing_the_server_reports_reconnect_once(
     manager: monitor.Manager, sink: RecordingSink, stub: ImapStub, fault: str, reasons: set[str]
 ) -> None:
@@ -117,8 +132,12 @@ def test_losing_the_server_reports_reconnect_once(
     assert len(sink.events) == 1  # no tight loop of reports
 
 
-def test_idle_is_reissued_and_an_unanswered_done_is_a_timeout(sink: RecordingSink, stub: ImapStub) -> None:
-    timing = monitor.Timing(idle_seconds=0.3, poll_seconds=60, command_timeout=0.5, coalesce_gap=0.05)
+def test_idle_is_reissued_and_an_unanswered_done_is_a_timeout(
+    sink: RecordingSink, stub: ImapStub
+) -> None:
+    timing = monitor.Timing(
+        idle_seconds=0.3, poll_seconds=60, command_timeout=0.5, coalesce_gap=0.05
+    )
     manager = monitor.Manager(sink=sink, timing=timing, max_sessions=10, max_per_account=2)
     try:
         manager.adopt(watched(stub, "ps_a", 1))
@@ -133,7 +152,9 @@ def test_idle_is_reissued_and_an_unanswered_done_is_a_timeout(sink: RecordingSin
         manager.drain(reason="test over", notify=False, wait=5)
 
 
-def test_without_idle_the_mailbox_is_polled_with_noop(manager: monitor.Manager, sink: RecordingSink) -> None:
+def test_without_idle_the_mailbox_is_polled_with_noop(
+    manager: monitor.Manager, sink: RecordingSink
+) -> None:
     server = ImapStub(idle=False).start()
     try:
         manager.adopt(watched(server, "ps_a", 1))
@@ -146,7 +167,9 @@ def test_without_idle_the_mailbox_is_polled_with_noop(manager: monitor.Manager, 
         server.stop()
 
 
-def test_a_newer_session_replaces_the_older_without_a_push(manager: monitor.Manager, sink: RecordingSink, stub: ImapStub) -> None:
+def test_a_newer_session_replaces_the_older_without_a_push(
+    manager: monitor.Manager, sink: RecordingSink, stub: ImapStub
+) -> None:
     manager.adopt(watched(stub, "ps_old", 1))
     manager.adopt(watched(stub, "ps_new", 2))
 
@@ -158,7 +181,9 @@ def test_a_newer_session_replaces_the_older_without_a_push(manager: monitor.Mana
     assert sink.events == [("newMail", "ps_new", 3)]
 
 
-def test_an_older_session_arriving_late_is_refused(manager: monitor.Manager, stub: ImapStub) -> None:
+def test_an_older_session_arriving_late_is_refused(
+    manager: monitor.Manager, stub: ImapStub
+) -> None:
     manager.adopt(watched(stub, "ps_new", 2))
     late = watched(stub, "ps_old", 1)
     with pytest.raises(monitor.Refusal) as caught:
@@ -170,7 +195,9 @@ def test_an_older_session_arriving_late_is_refused(manager: monitor.Manager, stu
     assert manager.holds("ps_new")
 
 
-def test_the_per_account_cap_counts_devices_not_replacements(manager: monitor.Manager, stub: ImapStub) -> None:
+def test_the_per_account_cap_counts_devices_not_replacements(
+    manager: monitor.Manager, stub: ImapStub
+) -> None:
     manager.adopt(watched(stub, "ps_1", 1, client="phone"))
     manager.adopt(watched(stub, "ps_2", 2, client="laptop"))
     manager.check(account_key="acct", client_id="phone", generation=3)  # a replacement: fine
@@ -180,7 +207,9 @@ def test_the_per_account_cap_counts_devices_not_replacements(manager: monitor.Ma
     manager.check(account_key="other-account", client_id="tablet", generation=5)
 
 
-def test_stop_logs_out_without_a_push(manager: monitor.Manager, sink: RecordingSink, stub: ImapStub) -> None:
+def test_stop_logs_out_without_a_push(
+    manager: monitor.Manager, sink: RecordingSink, stub: ImapStub
+) -> None:
     manager.adopt(watched(stub, "ps_a", 1))
     assert stub.wait_for(lambda: "IDLE" in stub.commands)
 
@@ -193,13 +222,18 @@ def test_stop_logs_out_without_a_push(manager: monitor.Manager, sink: RecordingS
     assert sink.events == []
 
 
-def test_drain_with_notify_pushes_reconnect_for_each_and_refuses_new(manager: monitor.Manager, sink: RecordingSink, stub: ImapStub) -> None:
+def test_drain_with_notify_pushes_reconnect_for_each_and_refuses_new(
+    manager: monitor.Manager, sink: RecordingSink, stub: ImapStub
+) -> None:
     manager.adopt(watched(stub, "ps_1", 1, client="phone"))
     manager.adopt(watched(stub, "ps_2", 2, client="laptop"))
 
     assert manager.drain(reason="shutdown", notify=True, wait=5) == 2
 
-    assert sorted(sink.wait(2)) == [("reconnect", "ps_1", "shutdown"), ("reconnect", "ps_2", "shutdown")]
+    assert sorted(sink.wait(2)) == [
+        ("reconnect", "ps_1", "shutdown"),
+        ("reconnect", "ps_2", "shutdown"),
+    ]
     assert stub.wait_for(lambda: stub.connections == 0)
     with pytest.raises(monitor.Refusal):
         manager.check(account_key="acct", client_id="x", generation=9)

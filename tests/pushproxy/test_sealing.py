@@ -48,7 +48,9 @@ def test_a_seal_opens_only_for_its_own_context(context: str) -> None:
 
 
 def test_a_tampered_seal_is_refused() -> None:
-    token = bytearray(base64.urlsafe_b64decode(sealing.seal(username="u", password=Secret(CANARY), context="c")))
+    token = bytearray(
+        base64.urlsafe_b64decode(sealing.seal(username="u", password=Secret(CANARY), context="c"))
+    )
     token[-1] ^= 1
     with pytest.raises(sealing.SealError):
         sealing.unseal(base64.urlsafe_b64encode(bytes(token)).decode(), context="c")
