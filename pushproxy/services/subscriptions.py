@@ -298,10 +298,14 @@ def _end_and_notify(sub: PushSubscription, event: str, reason: str) -> None:
 
 def stop_session(sub: PushSubscription) -> None:
     """Ask the owning monitor to log the session out (no push)."""
-    options: dict[str, Any] = {"expires": 300}
-    if settings.HAS_REDIS and sub.monitor and sub.monitor != monitors.EMBEDDED:
-        options["queue"] = monitors.queue_name(sub.monitor)
-    stop_task.apply_async(kwargs={"subscription": sub.public_id}, **options)
+    if not settings.HAS_REDIS:
+        stop_task.apply_async(kwargs={"subscription": sub.public_id})  # eager: this process
+    elif sub.monitor and sub.monitor != monitors.EMBEDDED:
+        stop_task.apply_async(
+            kwargs={"subscription": sub.public_id},
+            queue=monitors.queue_name(sub.monitor),
+            expires=300,
+        )
 
 
 # --- monitor side ---------------------------------------------------------------------------

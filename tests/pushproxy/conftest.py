@@ -222,3 +222,36 @@ def extra_dovecot(
     for instance, state in started:
         instance.stop()
         shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture
+def make_subscription(db: None) -> Callable[..., Any]:
+    """A subscription row as the monitor leaves it once logged in (active, idle)."""
+    from pushproxy import imap
+    from pushproxy.models import PushSubscription, Status, token_hash, username_hash
+
+    def make(
+        *, new_mail: str, reconnect: str, client_id: str = "phone", **fields: Any
+    ) -> PushSubscription:
+        mailbox = imap.Mailbox("imap.example.org", 993, "tls", "juliet@example.org")
+        values: dict[str, Any] = {
+            "token_hash": token_hash(uuid.uuid4().hex),
+            "account_key": mailbox.account_key,
+            "client_id": client_id,
+            "host": mailbox.host,
+            "port": mailbox.port,
+            "security": mailbox.security,
+            "username": mailbox.username,
+            "username_hash": username_hash(mailbox.username),
+            "new_mail_url": new_mail,
+            "new_mail_format": "json",
+            "reconnect_url": reconnect,
+            "reconnect_format": "json",
+            "status": Status.ACTIVE,
+            "mode": "idle",
+            "monitor": "embedded",
+        }
+        values.update(fields)
+        return PushSubscription.objects.create(**values)
+
+    return make
