@@ -78,7 +78,7 @@ def subscribe(
     return client.post(URL, data=json.dumps(body), content_type="application/json")
 
 
-def append(port: int, address: str, *, subject: str = "Hello") -> None:
+def append(port: int, address: str, *, subject: str = "Hello", password: str = PASSWORD) -> None:
     """New mail, delivered the way a client files a message: APPEND from another session."""
     message = EmailMessage()
     message["From"] = "romeo@example.org"
@@ -87,7 +87,7 @@ def append(port: int, address: str, *, subject: str = "Hello") -> None:
     message.set_content("Wherefore art thou.")
     client = IMAPClient(LOOPBACK, port=port, ssl=False, timeout=15)
     try:
-        client.plain_login(address, PASSWORD)
+        client.plain_login(address, password)
         client.append("INBOX", message.as_bytes())
     finally:
         client.logout()
