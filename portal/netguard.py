@@ -318,19 +318,21 @@ def request(
             connection.connect()
         except ssl.SSLError as exc:
             raise EgressError("tls", f"TLS with {target.host} failed: {exc.reason}") from None
-        assert connection.sock is not None  # noqa: S101 - set by connect() just above
+        # http.client drops connection.sock once an answer says it closes; keep our own.
+        live = connection.sock
+        assert live is not None  # noqa: S101 - set by connect() just above
         connection.putrequest(method, target.path, skip_host=True, skip_accept_encoding=True)
         connection.putheader("Host", target.host_header)
         for name, value in headers.items():
             connection.putheader(name, value)
         connection.putheader("Content-Length", str(len(body)))
         connection.endheaders(body)
-        connection.sock.settimeout(_remaining(deadline, read_timeout))
+        live.settimeout(_remaining(deadline, read_timeout))
         answer = connection.getresponse()
         chunks: list[bytes] = []
         size = 0
         while True:
-            connection.sock.settimeout(_remaining(deadline, read_timeout))
+            live.settimeout(_remaining(deadline, read_timeout))
             chunk = answer.read1(16_384)
             if not chunk:
                 break

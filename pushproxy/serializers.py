@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from pushproxy import imap, webpush
-from pushproxy.models import PushSubscription
+from pushproxy.models import PushSubscription, Status
 
 MAX_URL_LENGTH = 2000
 MAX_PASSWORD_LENGTH = 1024
@@ -94,26 +95,32 @@ class SubscriptionCreatedOut(serializers.Serializer[Any]):
     mailbox = serializers.CharField(required=False)
 
 
+class LastEventOut(serializers.Serializer[Any]):
+    # Text, not a choice: an enum named "type" would rename the registration API's TypeEnum.
+    type = serializers.CharField(help_text="newMail or reconnect")
+    at = serializers.DateTimeField()
+
+
 class SubscriptionOut(serializers.Serializer[Any]):
     id = serializers.CharField(source="public_id")
-    status = serializers.CharField()
-    mode = serializers.CharField()
+    status = serializers.ChoiceField(
+        choices=[Status.PENDING, Status.ACTIVE, Status.LOST, Status.FAILED],
+        help_text="pending: logging in; active: watching; lost: the reconnect push was sent, "
+        "subscribe again; failed: the login failed after a 202 (see error)",
+    )
+    mode = serializers.ChoiceField(choices=["idle", "poll", ""], help_text="empty until active")
     mailbox = serializers.CharField()
     clientId = serializers.CharField(source="client_id")
     created = serializers.DateTimeField(source="created_at")
     lastEvent = serializers.SerializerMethodField()
     pushesSent = serializers.IntegerField(source="pushes_sent")
-    error = serializers.CharField()
+    error = serializers.CharField(help_text="why it is lost or failed (e.g. bye, imap_auth_failed)")
 
+    @extend_schema_field(LastEventOut(allow_null=True))
     def get_lastEvent(self, sub: PushSubscription) -> dict[str, Any] | None:
         if sub.last_event_at is None:
             return None
         return {"type": sub.last_event_type, "at": sub.last_event_at.isoformat()}
-
-
-class LastEventOut(serializers.Serializer[Any]):
-    type = serializers.ChoiceField(choices=["newMail", "reconnect"])
-    at = serializers.DateTimeField()
 
 
 class ErrorOut(serializers.Serializer[Any]):

@@ -274,3 +274,43 @@ def test_imap_connect_refuses_other_ports_on_public_hosts() -> None:
     with egress.watching() as attempts, pytest.raises(netguard.EgressRefused):
         netguard.connect("imap.example.net", 25, allowed_ports=netguard.IMAP_PORTS, timeout=1)
     assert attempts == []
+
+
+def test_tls_is_verified_for_the_name_while_connecting_to_the_checked_address(settings: Any) -> None:
+    import ssl
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from tests.fakes.certs import self_signed
+
+    settings.PORTAL_EGRESS_ALLOW = [ipaddress.ip_network("127.0.0.0/8")]
+    cert = self_signed("push.test")
+
+    class Ok(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(201)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Ok)
+    server.socket = cert.server_context().wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    resolver.ANSWERS["push.test"] = ["127.0.0.1"]
+    resolver.ANSWERS["other.test"] = ["127.0.0.1"]
+    try:
+        answer = _post(f"https://push.test:{port}/", allow_http=False, tls=cert.client_context())
+        assert answer.status == 201
+        with pytest.raises(netguard.EgressError) as caught:  # the certificate names push.test
+            _post(f"https://other.test:{port}/", allow_http=False, tls=cert.client_context())
+        assert caught.value.reason == "tls"
+        with pytest.raises(netguard.EgressError):  # not trusted by the system's CAs
+            _post(f"https://push.test:{port}/", allow_http=False)
+        assert isinstance(cert.client_context(), ssl.SSLContext)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -237,3 +237,9 @@ def test_drain_with_notify_pushes_reconnect_for_each_and_refuses_new(
     assert stub.wait_for(lambda: stub.connections == 0)
     with pytest.raises(monitor.Refusal):
         manager.check(account_key="acct", client_id="x", generation=9)
+
+
+def test_idle_is_reissued_before_rfc_2177s_29_minutes() -> None:
+    timing = monitor.Timing.from_settings()
+    assert timing.idle_seconds <= 25 * 60 < 29 * 60
+    assert timing.coalesce_gap < timing.coalesce_max <= 1.0
