@@ -105,6 +105,21 @@ class ImapStub:
 
         self._call(deliver())
 
+    def inject(self, index: int) -> float:
+        """One new message for the `index`-th idling connection only; the time it was sent
+        (time.monotonic, comparable across processes on Linux). For benchmarks."""
+
+        async def deliver() -> float:
+            idling = [conn for conn in self._conns if conn.selected and conn.idle_tag]
+            conn = idling[index % len(idling)]
+            conn.exists += 1
+            sent = time.monotonic()
+            await self._send(conn, f"* {conn.exists} EXISTS")
+            return sent
+
+        result: float = self._call(deliver())
+        return result
+
     def bye(self) -> None:
         async def bye() -> None:
             for conn in list(self._conns):
@@ -160,7 +175,7 @@ class ImapStub:
                 self.commands.append(command.upper())
                 if not await self._command(conn, tag, command.upper(), args):
                     return
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             return
         finally:
             self._conns.remove(conn)

@@ -276,7 +276,9 @@ def test_imap_connect_refuses_other_ports_on_public_hosts() -> None:
     assert attempts == []
 
 
-def test_tls_is_verified_for_the_name_while_connecting_to_the_checked_address(settings: Any) -> None:
+def test_tls_is_verified_for_the_name_while_connecting_to_the_checked_address(
+    settings: Any,
+) -> None:
     import ssl
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
