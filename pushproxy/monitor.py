@@ -105,15 +105,28 @@ def _spawn_thread(target: Callable[[], None], name: str) -> threading.Thread:
 def default_spawn() -> Callable[[Callable[[], None], str], Any]:
     """gevent.spawn in a patched process (a greenlet is ~10x cheaper than a patched Thread),
     else an OS thread."""
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        return _spawn_thread
-    if monkey.is_module_patched("socket"):
+    if in_greenlets():
         import gevent
 
         return lambda target, name: gevent.spawn(target)
     return _spawn_thread
+
+
+def in_greenlets() -> bool:
+    """True in a gevent-patched process (`run_push_monitor`)."""
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return False
+    return bool(monkey.is_module_patched("socket"))
+
+
+def release_db() -> None:
+    """After database use in a greenlet: close its connection. Each greenlet has its own
+    (Django's connections are greenlet-local once patched); left open they pile up until
+    garbage collection. In threads (no gevent) the connection stays for reuse."""
+    if in_greenlets():
+        connections.close_all()
 
 
 class Manager:

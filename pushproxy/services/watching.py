@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 
@@ -30,7 +31,15 @@ class Outcome:
         return {"status": self.status, "code": self.code, "mode": self.mode}
 
 
-def watch(
+def watch(**kwargs: Any) -> Outcome:
+    """`_watch` (below), then this greenlet's database connection is closed."""
+    try:
+        return _watch(**kwargs)
+    finally:
+        monitor.release_db()
+
+
+def _watch(
     *,
     subscription: str,
     generation: int,
