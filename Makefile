@@ -40,6 +40,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python bench/autoconfig.py
 	$(BIN)/python bench/register.py
+	$(BIN)/python bench/fanout.py
 	$(BIN)/python bench/push_sessions.py
 
 clean:

@@ -51,13 +51,21 @@ class CreateAccountForm(forms.Form):
 
 @admin.register(MailAccount)
 class MailAccountAdmin(admin.ModelAdmin):
-    list_display = ["address_display", "provider_name", "status", "created_via", "created_at"]
-    list_filter = ["domain__provider", "status", "created_via"]
+    list_display = [
+        "address_display",
+        "provider_name",
+        "status",
+        "mailbox_state",
+        "created_via",
+        "created_at",
+    ]
+    list_filter = ["domain__provider", "status", "mailbox_state", "created_via"]
     search_fields = ["local_part", "domain__name", "third_pids__value", "full_name"]
     list_select_related = ["domain__provider"]
     readonly_fields = [
         "address_display",
         "status",
+        "mailbox_state",
         "created_via",
         "created_at",
         "updated_at",
@@ -70,6 +78,7 @@ class MailAccountAdmin(admin.ModelAdmin):
             {
                 "fields": [
                     "status",
+                    "mailbox_state",
                     "created_via",
                     "created_at",
                     "updated_at",
@@ -79,7 +88,7 @@ class MailAccountAdmin(admin.ModelAdmin):
         ),
     ]
     inlines = [ThirdPartyIDInline]
-    actions = ["disable_accounts", "enable_accounts", "reset_passwords"]
+    actions = ["approve_accounts", "disable_accounts", "enable_accounts", "reset_passwords"]
     date_hierarchy = "created_at"
 
     @admin.display(description=_("address"), ordering="local_part")
@@ -155,12 +164,30 @@ class MailAccountAdmin(admin.ModelAdmin):
         # admin_site.admin_view adds no-store (never_cache) to the response.
         return TemplateResponse(request, "accounts/admin/passwords_once.html", context)
 
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        # Django runs this page in one transaction; deleting an account must commit the
+        # row's "deleting" mark before the mail server is asked (delete_account), so the page
+        # runs without one. delete_model is its only write.
+        try:
+            response: HttpResponse = self._delete_view(  # type: ignore[attr-defined]
+                request, object_id, extra_context
+            )
+            return response
+        except PortalError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            return HttpResponseRedirect(request.path.removesuffix("delete/"))
+
     def delete_model(self, request: HttpRequest, obj: MailAccount) -> None:
         account_services.delete_account(account=obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[MailAccount]) -> None:
         for account in queryset.select_related("domain__provider"):
-            account_services.delete_account(account=account)
+            try:
+                account_services.delete_account(account=account)
+            except PortalError as exc:
+                self.message_user(request, f"{account.address}: {exc.message}", messages.ERROR)
 
     def _set_status(
         self, request: HttpRequest, queryset: QuerySet[MailAccount], status: AccountStatus
@@ -175,6 +202,20 @@ class MailAccountAdmin(admin.ModelAdmin):
             request,
             _("%(done)d changed, %(skipped)d already %(status)s.")
             % {"done": done, "skipped": skipped, "status": status.label},
+            messages.SUCCESS,
+        )
+
+    @admin.action(description=_("Approve selected accounts awaiting approval"))
+    def approve_accounts(self, request: HttpRequest, queryset: QuerySet[MailAccount]) -> None:
+        waiting = queryset.filter(status=AccountStatus.APPROVAL).select_related("domain__provider")
+        approved = sum(
+            account_services.set_status(account=account, status=AccountStatus.ACTIVE)
+            for account in waiting
+        )
+        self.message_user(
+            request,
+            _("%(done)d approved, %(skipped)d skipped (not awaiting approval).")
+            % {"done": approved, "skipped": queryset.count() - approved},
             messages.SUCCESS,
         )
 

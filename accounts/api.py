@@ -22,6 +22,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts import cpe3
+from accounts.models import AccountStatus
 from accounts.serializers import RegisterErrorOut, RegisterIn, RegisterOut, RegisterVerifyIn
 from accounts.services import registration, verification
 from accounts.services.registration import BadRequest, InbandRegistration
@@ -305,6 +306,7 @@ class RegisterVerifyView(CPE3View):
             payload={
                 "userID": cpe3.user_id(account.local_part, account.domain.name),
                 "verification": "done",
+                **({"approval": "pending"} if account.status == AccountStatus.APPROVAL else {}),
             },
             status=HTTPStatus.OK,
             message_type=cpe3.VERIFY,

@@ -38,6 +38,7 @@ import json
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -196,8 +197,20 @@ def _sqlite_connect(database: Mapping[str, Any]) -> str:
     return f'"{path}"'
 
 
-def render_config(*, state_dir: Path, port: int, sql_path: Path, run_as: _RunAs) -> str:
-    """The private dovecot.conf: the shipped file, then the overrides (module docstring)."""
+def render_config(
+    *,
+    state_dir: Path,
+    port: int,
+    sql_path: Path,
+    run_as: _RunAs,
+    doveadm_port: int | None = None,
+    doveadm_key: str = "",
+) -> str:
+    """The private dovecot.conf: the shipped file, then the overrides (module docstring).
+
+    With `doveadm_port`, doveadm's HTTP API listens on 127.0.0.1 there, keyed `doveadm_key`
+    (the DOVEADM_API_URL / DOVEADM_API_KEY the portal uses to end sessions).
+    """
     shipped = (shipped_dir() / "dovecot.conf").read_text(encoding="utf-8")
     if shipped.count(f"args = {SHIPPED_SQL_ARGS}") != 2:
         raise DovecotError(f"dovecot.conf: expected passdb and userdb args {SHIPPED_SQL_ARGS}")
@@ -232,6 +245,20 @@ def render_config(*, state_dir: Path, port: int, sql_path: Path, run_as: _RunAs)
         *run_as.lines,
         "",
     ]
+    if doveadm_port is not None:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{16,}", doveadm_key):
+            raise DovecotError("the doveadm API key must be 16+ letters, digits, _ or -")
+        overrides += [
+            "# doveadm's HTTP API, for the portal to end sessions (DOVEADM_API_URL).",
+            f"doveadm_api_key = {doveadm_key}",
+            "service doveadm {",
+            "  inet_listener http {",
+            f"    address = {LOOPBACK}",
+            f"    port = {doveadm_port}",
+            "  }",
+            "}",
+            "",
+        ]
     return text + "\n".join(overrides)
 
 
@@ -298,11 +325,24 @@ class PrivateDovecot:
     """
 
     def __init__(
-        self, *, state_dir: Path, database: Mapping[str, Any], port: int = DEFAULT_PORT
+        self,
+        *,
+        state_dir: Path,
+        database: Mapping[str, Any],
+        port: int = DEFAULT_PORT,
+        doveadm_port: int | None = None,
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.database = dict(database)
         self.port = port
+        self.doveadm_port = doveadm_port
+        # Random per instance; the settings a portal needs are api_url and this.
+        self.doveadm_key = secrets.token_urlsafe(24) if doveadm_port is not None else ""
+
+    @property
+    def api_url(self) -> str:
+        """DOVEADM_API_URL of this instance ("" without a doveadm port)."""
+        return f"http://{LOOPBACK}:{self.doveadm_port}" if self.doveadm_port else ""
 
     # Paths -----------------------------------------------------------------------------
 
@@ -355,7 +395,12 @@ class PrivateDovecot:
             handle.write(sql)
         self.config_path.write_text(
             render_config(
-                state_dir=self.state_dir, port=self.port, sql_path=self.sql_path, run_as=run_as
+                state_dir=self.state_dir,
+                port=self.port,
+                sql_path=self.sql_path,
+                run_as=run_as,
+                doveadm_port=self.doveadm_port,
+                doveadm_key=self.doveadm_key,
             ),
             encoding="utf-8",
         )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
@@ -16,6 +18,22 @@ class AccountStatus(models.TextChoices):
     ACTIVE = "active", _("active")
     DISABLED = "disabled", _("disabled")
     PENDING = "pending", _("pending verification")
+    APPROVAL = "approval", _("awaiting approval")
+
+
+class MailboxState(models.TextChoices):
+    """Where the account stands on the mail server (accounts.services.accounts).
+
+    The row is committed as `creating` before the mailbox backend is asked, and becomes
+    `ready` once the mailbox exists; deletion marks it `deleting` before the mailbox goes.
+    So a crash at any point leaves a row that says what was under way, never a mailbox
+    nobody knows of, and the reconciler (accounts.services.reconcile) finishes the job.
+    Only `ready` accounts authenticate.
+    """
+
+    CREATING = "creating", _("being created")
+    READY = "ready", _("ready")
+    DELETING = "deleting", _("being deleted")
 
 
 class CreatedVia(models.TextChoices):
@@ -31,8 +49,14 @@ class MailAccountQuerySet(models.QuerySet["MailAccount"]):
         local, _at, domain = address.rpartition("@")
         return self.filter(local_part=local.lower(), domain__name=domain.lower())
 
+    def interrupted(self, state: MailboxState) -> MailAccountQuerySet:
+        """Rows left in `state` ("creating", "deleting") longer than any request takes."""
+        cutoff = timezone.now() - timedelta(seconds=settings.MAILBOX_RECONCILE_GRACE)
+        return self.filter(mailbox_state=state, updated_at__lt=cutoff)
+
     def active(self) -> MailAccountQuerySet:
-        return self.filter(status=AccountStatus.ACTIVE)
+        """Accounts that may log in: active, with their mailbox ready."""
+        return self.filter(status=AccountStatus.ACTIVE, mailbox_state=MailboxState.READY)
 
 
 class MailAccount(models.Model):
@@ -50,6 +74,9 @@ class MailAccount(models.Model):
     )
     status = models.CharField(
         max_length=10, choices=AccountStatus.choices, default=AccountStatus.ACTIVE
+    )
+    mailbox_state = models.CharField(
+        max_length=10, choices=MailboxState.choices, default=MailboxState.CREATING
     )
     created_via = models.CharField(max_length=10, choices=CreatedVia.choices)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -74,6 +101,18 @@ class MailAccount(models.Model):
             models.CheckConstraint(
                 condition=models.Q(created_via__in=CreatedVia.values),
                 name="mailaccount_created_via_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(mailbox_state__in=MailboxState.values),
+                name="mailaccount_mailbox_state_valid",
+            ),
+        ]
+        indexes = [
+            # The reconciler's look-up of unfinished creations and deletions.
+            models.Index(
+                fields=["mailbox_state", "updated_at"],
+                name="mailaccount_unfinished",
+                condition=~models.Q(mailbox_state="ready"),
             ),
         ]
 

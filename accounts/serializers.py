@@ -144,6 +144,11 @@ class RegisterResultOut(serializers.Serializer[Any]):
     verification = serializers.ChoiceField(
         choices=["pending", "done"], required=False, help_text="Extension: email verification."
     )
+    approval = serializers.ChoiceField(
+        choices=["pending"],
+        required=False,
+        help_text="Extension: the provider approves new accounts; none logs in before.",
+    )
     loginError = LoginErrorOut(
         required=False,
         help_text="Extension: loginOnSuccess was asked but sessions do not exist yet.",

@@ -1,4 +1,4 @@
-"""Celery tasks of the accounts app: periodic clean-up of in-band registration state."""
+"""Celery tasks of the accounts app: periodic clean-up and mailbox reconciliation."""
 
 from __future__ import annotations
 
@@ -13,3 +13,28 @@ def purge_registrations() -> dict[str, int]:
 
     result = purge()
     return {"requests": result.requests, "accounts": result.accounts}
+
+
+@shared_task(name="accounts.reconcile_mailboxes", acks_late=True)
+def reconcile_mailboxes(
+    fix_drift: bool = True, recreate_missing: bool = False, delete_orphans: bool = False
+) -> dict[str, int]:
+    """Every 5 minutes (CELERY_BEAT_SCHEDULE): accounts.services.reconcile.
+
+    Late acknowledgement: a worker killed mid-pass leaves the message to be redelivered, and
+    the pass is idempotent (it re-reads the mail server's list before each repair).
+    """
+    from accounts.services.reconcile import reconcile_mailboxes as reconcile
+
+    report = reconcile(
+        fix_drift=fix_drift, recreate_missing=recreate_missing, delete_orphans=delete_orphans
+    )
+    return {
+        "rolled_back": len(report.rolled_back),
+        "deletions_finished": len(report.deletions_finished),
+        "orphan_mailboxes": len(report.orphan_mailboxes),
+        "missing_mailboxes": len(report.missing_mailboxes),
+        "status_drift": len(report.status_drift),
+        "fixed": len(report.fixed),
+        "errors": len(report.errors),
+    }

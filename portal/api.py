@@ -14,7 +14,8 @@ from portal.errors import PortalError
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """PortalError -> its status and {code, message}; DRF's own errors in the same shape."""
     if isinstance(exc, PortalError):
-        retry_after = getattr(exc, "retry_after", None)  # 429 and 503 say when to come back
+        # Rate limits and unavailable services say when to come back (RFC 9110 Retry-After).
+        retry_after = getattr(exc, "retry_after", None)
         headers = {"Retry-After": str(retry_after)} if retry_after else None
         return Response(exc.as_dict(), status=exc.status, headers=headers)
     response = drf_exception_handler(exc, context)

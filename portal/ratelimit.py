@@ -41,6 +41,12 @@ REGISTRATION_VERIFY = Policy(
 )
 
 
+# Suggestions (GET /api/v1/suggestions): each client address may ask SUGGESTION_RATE (30 a
+# minute; admins may change it in "suggestion settings") in a fixed window. One query makes
+# one outbound call per provider, so this is what stops a client from using the portal to
+# hammer providers' suggestion engines (the provisioner seed: "N queries per M minutes").
+SUGGESTIONS = Policy(group="providers.suggestions", rate_setting="SUGGESTION_RATE")
+
 # Push subscriptions: each client address may create PUSH_SUBSCRIPTION_RATE subscriptions
 # (60 an hour: a phone re-subscribes after every reconnect push, several apps share a NAT).
 PUSH_SUBSCRIBE = Policy(group="pushproxy.subscribe", rate_setting="PUSH_SUBSCRIPTION_RATE")
@@ -82,8 +88,11 @@ class RateLimiterUnavailable(ServiceUnavailable):
     retry_after = 30
 
 
-def enforce(request: HttpRequest, policy: Policy) -> None:
+def enforce(request: HttpRequest, policy: Policy, *, rate: str | None = None) -> None:
     """Count this request against `policy`; raise RateLimited past the limit.
+
+    `rate` replaces the policy's setting when the caller knows a better one (a value an
+    administrator set in admin).
 
     Fails closed (RELIABILITY.md check 7): when the cache cannot count, RateLimiterUnavailable
     (503) is raised instead of letting the request through.
@@ -92,7 +101,7 @@ def enforce(request: HttpRequest, policy: Policy) -> None:
     """
     try:
         usage = get_usage(
-            request, group=policy.group, key=policy.key, rate=policy.rate, increment=True
+            request, group=policy.group, key=policy.key, rate=rate or policy.rate, increment=True
         )
     except Exception as exc:  # the backend's own errors (redis.RedisError, OSError, ...)
         logger.warning("rate limit %s: cache unavailable: %s", policy.group, type(exc).__name__)

@@ -295,10 +295,19 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = 60
 CELERY_TASK_TIME_LIMIT = 90
 CELERY_RESULT_EXPIRES = 3600
+# With late acknowledgement, Redis hands a task whose worker died (kill -9, lost machine) to
+# another worker once this many seconds have passed since it was taken. Longer than any task
+# runs (else a slow task runs twice; ours are idempotent, but it costs); tests shorten it.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600),
+}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Idempotency records older than 24 h and abandoned email verifications (hourly).
     "purge-registrations": {"task": "accounts.purge_registrations", "schedule": 3600.0},
+    # Settle interrupted account creations/deletions, report accounts and mailboxes that
+    # disagree, align enabled/disabled (accounts/services/reconcile.py; every 5 minutes).
+    "reconcile-mailboxes": {"task": "accounts.reconcile_mailboxes", "schedule": 300.0},
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -385,6 +394,24 @@ MAILBOX_COMMAND = env_str("MAILBOX_COMMAND")
 MAILBOX_COMMAND_TIMEOUT = env_int("MAILBOX_COMMAND_TIMEOUT", 30)
 if MAILBOX_BACKEND == "command" and not MAILBOX_COMMAND:
     raise ImproperlyConfigured("MAILBOX_BACKEND=command needs MAILBOX_COMMAND")
+# A creation or deletion still unfinished after this many seconds was interrupted (a crash,
+# a lost connection): the reconciler then finishes it (accounts/services/reconcile.py). It
+# must exceed the longest a request can take: the command's time limit plus hashing.
+MAILBOX_RECONCILE_GRACE = env_int("MAILBOX_RECONCILE_GRACE", 600)
+if MAILBOX_RECONCILE_GRACE <= 2 * MAILBOX_COMMAND_TIMEOUT:
+    raise ImproperlyConfigured(
+        "MAILBOX_RECONCILE_GRACE must exceed twice MAILBOX_COMMAND_TIMEOUT (seconds)"
+    )
+# Dovecot's doveadm HTTP API (deploy/dovecot/README.md). With the `sql` backend the portal
+# uses it to end the open IMAP sessions of an account that is disabled, deleted or given a
+# new password, which a changed row alone does not do. Unset: sessions end when they
+# log in again.
+DOVEADM_API_URL = (
+    env_url("DOVEADM_API_URL", "", {"http", "https"}) if env_str("DOVEADM_API_URL") else ""
+)
+DOVEADM_API_KEY = env_secret("DOVEADM_API_KEY")
+if bool(DOVEADM_API_URL) != bool(DOVEADM_API_KEY):
+    raise ImproperlyConfigured("set both DOVEADM_API_URL and DOVEADM_API_KEY, or neither")
 # Apple configuration profiles are signed when both files are given (PEM); see
 # docs/autoconfig.md. An addition to ARCHITECTURE.md's table, recorded there.
 PORTAL_MOBILECONFIG_CERT = env_str("PORTAL_MOBILECONFIG_CERT")
@@ -411,6 +438,50 @@ DEFAULT_FROM_EMAIL = env_str("PORTAL_MAIL_FROM", "mailportal@localhost")
 AUTOCONFIG_MAX_AGE = 3600
 # Largest Autodiscover request body we read; real ones are a few hundred bytes.
 AUTODISCOVER_MAX_BYTES = 16_384
+
+# ---------------------------------------------------------------------------------------------
+# Suggestions (providers/services/fanout.py, suggest.py; docs/suggestions.md)
+# ---------------------------------------------------------------------------------------------
+
+# Per client address, GET /api/v1/suggestions (django-ratelimit rate). The default of the
+# admin-editable "suggestion settings" (providers.SuggestionSettings): admin wins when set.
+SUGGESTION_RATE = "30/m"
+# How long a remote provider may take (seconds); each provider may set its own in admin.
+SUGGESTION_TIMEOUT = 3.0
+# Added to the slowest provider's timeout before the answer goes out without the stragglers:
+# queueing in the broker and the worker's hand-back take a few milliseconds, not this long.
+SUGGESTION_GRACE = 0.5
+# Identical queries within this many seconds are answered from the shared cache.
+SUGGESTION_CACHE_SECONDS = 60
+# A remote provider's answer larger than this (bytes) is that provider's error; a real one
+# is a few hundred bytes.
+SUGGESTION_MAX_RESPONSE_BYTES = 65_536
+# How many addresses a hosted provider suggests, unless it sets its own number in admin.
+SUGGESTION_COUNT = 5
+# Without Redis the fan-out asks remote providers from a thread pool of this size.
+SUGGESTION_THREADS = 32
+# Outbound calls to providers' suggestion APIs say who they are, and may leave from one
+# chosen local address (so providers can allow-list it on a host with several).
+SUGGESTION_USER_AGENT = (
+    env_str("PORTAL_SUGGESTION_USER_AGENT") or f"mailportal-suggestions/1 (+{PORTAL_BASE_URL})"
+)
+SUGGESTION_SOURCE_ADDRESS = env_str("PORTAL_SUGGESTION_SOURCE_ADDRESS")
+if SUGGESTION_SOURCE_ADDRESS:
+    try:
+        ipaddress.ip_address(SUGGESTION_SOURCE_ADDRESS)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"PORTAL_SUGGESTION_SOURCE_ADDRESS={SUGGESTION_SOURCE_ADDRESS!r}: not an IP address"
+        ) from None
+# Hourly suggestion counters older than this many days are deleted (daily job).
+SUGGESTION_STATS_DAYS = 30
+# Fan-out tasks have a queue of their own, so that a suggestion never waits behind slower
+# work; workers that serve it: `celery -A portal worker -Q suggest -P threads` (Procfile).
+CELERY_TASK_ROUTES = {"providers.query_provider": {"queue": "suggest"}}
+CELERY_BEAT_SCHEDULE["purge-suggestion-stats"] = {
+    "task": "providers.purge_suggestion_stats",
+    "schedule": 86400.0,
+}
 
 # ---------------------------------------------------------------------------------------------
 # Outbound calls and the push proxy (docs/push.md, specs/push-proxy.md)
@@ -470,11 +541,9 @@ PUSH_TTL = 3600
 PUSH_SUBSCRIPTION_RATE = "60/h"
 PUSH_LOGIN_RATE = "10/m"
 
-CELERY_TASK_ROUTES = {
-    # Push senders: ordinary workers (`celery -A portal worker -Q push`). The monitor's own
-    # commands (watch, stop, drain) go to its queue idle.<worker-id>, chosen per call.
-    "pushproxy.deliver_push": {"queue": "push"},
-}
+# Push senders: ordinary workers (`celery -A portal worker -Q push`). The monitor's own
+# commands (watch, stop, drain) go to its queue idle.<worker-id>, chosen per call.
+CELERY_TASK_ROUTES["pushproxy.deliver_push"] = {"queue": "push"}
 
 # ---------------------------------------------------------------------------------------------
 # Logging: one line per event on stderr; the process manager collects it.

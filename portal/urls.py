@@ -14,6 +14,7 @@ admin.site.site_title = "mailportal admin"
 urlpatterns = [
     path("", include("providers.urls")),
     path("api/v1/", include("accounts.urls")),
+    path("api/v1/", include("providers.api_urls")),
     path("api/v1/", include("pushproxy.urls")),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

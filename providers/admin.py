@@ -1,4 +1,5 @@
-"""The provider console: providers with their domains, servers and suggestion clients."""
+"""The provider console: providers with their domains, servers and suggestion clients,
+and how the providers' suggestion engines have been answering."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
@@ -24,7 +26,10 @@ from providers.models import (
     ServerSetting,
     ServerType,
     SuggestionClient,
+    SuggestionSettings,
+    SuggestionStat,
 )
+from providers.services import suggestion_clients, suggestion_stats
 
 
 class _UnicodeNameForm(forms.ModelForm):
@@ -173,6 +178,10 @@ class ProviderAdmin(admin.ModelAdmin):
         "enabled",
         "registration",
         "server_count",
+        "listed",
+        "suggestions_last_day",
+        "suggestion_failures_last_day",
+        "suggestion_latency_last_day",
         "preview",
     ]
     list_filter = ["enabled", "hosted", "registration"]
@@ -180,7 +189,7 @@ class ProviderAdmin(admin.ModelAdmin):
     prepopulated_fields = {"slug": ["name"]}
     # "example.org/tos" typed without a scheme means https (Django 6's default too).
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
-    readonly_fields = ["preview", "created_at", "updated_at"]
+    readonly_fields = ["preview", "listed", "suggestion_summary", "created_at", "updated_at"]
     inlines = [DomainInline, IncomingServerInline, OutgoingServerInline, SuggestionClientInline]
     fieldsets = [
         (None, {"fields": ["name", "short_name", "slug", "enabled"]}),
@@ -210,7 +219,19 @@ class ProviderAdmin(admin.ModelAdmin):
                     "username_punctuation",
                     "password_min_length",
                     "require_verified_email",
+                    "require_approval",
                     "quota_mb",
+                ]
+            },
+        ),
+        (
+            _("Suggestions"),
+            {
+                "fields": [
+                    "listed",
+                    "suggestion_timeout",
+                    "suggestion_count",
+                    "suggestion_summary",
                 ]
             },
         ),
@@ -219,14 +240,79 @@ class ProviderAdmin(admin.ModelAdmin):
     ]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Provider]:
-        # One query for the server counts and one for the domains, not one per row.
+        # One query for the server counts and one for the domains, not one per row. The
+        # last day's suggestion counters come as subqueries of the same query: an operator
+        # opening the list should see a failing provider without another click.
         queryset: QuerySet[Provider] = (
             super()
             .get_queryset(request)
             .annotate(server_total=Count("servers", distinct=True))
+            .with_suggestion_stats(suggestion_stats.since_last_day())
             .prefetch_related("domains")
         )
         return queryset
+
+    @admin.display(description=_("in provider list"), boolean=False)
+    def listed(self, provider: Provider) -> str:
+        missing = provider.missing_list_fields()
+        if not missing:
+            return str(_("yes"))
+        return str(_("no: %(missing)s")) % {"missing": ", ".join(missing)}
+
+    @admin.display(description=_("suggestions (24 h)"), ordering="stat_queries")
+    def suggestions_last_day(self, provider: Provider) -> int:
+        return int(getattr(provider, "stat_queries", 0))
+
+    @admin.display(description=_("failed (24 h)"), ordering="stat_errors")
+    def suggestion_failures_last_day(self, provider: Provider) -> str:
+        queries = int(getattr(provider, "stat_queries", 0))
+        if not queries:
+            return "-"
+        timeouts = int(getattr(provider, "stat_timeouts", 0))
+        errors = int(getattr(provider, "stat_errors", 0))
+        share = (timeouts + errors) / queries
+        text = _("%(share).0f%% (%(timeouts)d timeouts, %(errors)d errors)") % {
+            "share": share * 100,
+            "timeouts": timeouts,
+            "errors": errors,
+        }
+        if share >= 0.1:
+            return format_html('<strong style="color:#ba2121">{}</strong>', text)
+        return str(text)
+
+    @admin.display(description=_("latency (24 h): mean / max ms"))
+    def suggestion_latency_last_day(self, provider: Provider) -> str:
+        queries = int(getattr(provider, "stat_queries", 0))
+        if not queries:
+            return "-"
+        mean = round(int(getattr(provider, "stat_latency_total", 0)) / queries)
+        return f"{mean} / {int(getattr(provider, 'stat_latency_max', 0))}"
+
+    @admin.display(description=_("last 24 hours"))
+    def suggestion_summary(self, provider: Provider) -> str:
+        if not provider.pk:
+            return "-"
+        queries = int(getattr(provider, "stat_queries", 0))
+        url = (
+            reverse("admin:providers_suggestionstat_changelist")
+            + "?"
+            + urlencode({"provider__id__exact": provider.pk})
+        )
+        if not queries:
+            return format_html('{} <a href="{}">{}</a>', _("No queries."), url, _("Hourly figures"))
+        return format_html(
+            '{} {}, {} {}, {} {}; {} ms {} <a href="{}">{}</a>',
+            queries,
+            _("queries"),
+            int(getattr(provider, "stat_succeeded", 0)),
+            _("answered"),
+            int(getattr(provider, "stat_timeouts", 0)) + int(getattr(provider, "stat_errors", 0)),
+            _("failed"),
+            self.suggestion_latency_last_day(provider),
+            _("(mean / max)."),
+            url,
+            _("Hourly figures"),
+        )
 
     @admin.display(description=_("main domain"))
     def main_domain(self, provider: Provider) -> str:
@@ -249,15 +335,101 @@ class ProviderAdmin(admin.ModelAdmin):
 
 @admin.register(SuggestionClient)
 class SuggestionClientAdmin(admin.ModelAdmin):
-    list_display = ["network", "scope", "note"]
+    list_display = ["network", "scope", "token_required", "note"]
     list_filter = [("provider", admin.EmptyFieldListFilter)]
     search_fields = ["network", "note", "provider__name"]
     autocomplete_fields = ["provider"]
     list_select_related = ["provider"]
+    readonly_fields = ["token_required"]
+    actions = ["issue_tokens", "remove_tokens"]
 
     @admin.display(description=_("allowed for"), ordering="provider__name")
     def scope(self, client: SuggestionClient) -> str:
         return client.provider.name if client.provider else str(_("every hosted provider"))
+
+    @admin.display(description=_("token required"), boolean=True)
+    def token_required(self, client: SuggestionClient) -> bool:
+        return bool(client.token_sha256)
+
+    @admin.action(description=_("Issue new access tokens (shown once)"))
+    def issue_tokens(
+        self, request: HttpRequest, queryset: QuerySet[SuggestionClient]
+    ) -> HttpResponse:
+        issued = suggestion_clients.issue_tokens(
+            client_ids=list(queryset.values_list("pk", flat=True))
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Access tokens"),
+            "rows": issued,
+            "opts": self.model._meta,
+        }
+        # admin_site.admin_view adds no-store (never_cache) to the response.
+        return TemplateResponse(request, "providers/admin/tokens_once.html", context)
+
+    @admin.action(description=_("Remove access tokens (the network alone admits)"))
+    def remove_tokens(self, request: HttpRequest, queryset: QuerySet[SuggestionClient]) -> None:
+        removed = suggestion_clients.remove_tokens(
+            client_ids=list(queryset.values_list("pk", flat=True))
+        )
+        self.message_user(
+            request,
+            _("%(done)d tokens removed, %(skipped)d had none.")
+            % {"done": removed, "skipped": queryset.count() - removed},
+            messages.SUCCESS,
+        )
+
+
+@admin.register(SuggestionSettings)
+class SuggestionSettingsAdmin(admin.ModelAdmin):
+    """The one row of suggestion settings: the rate limit of GET /api/v1/suggestions."""
+
+    list_display = ["__str__", "rate_count", "rate_minutes"]
+    fieldsets = [(_("Rate limit per client address"), {"fields": ["rate_count", "rate_minutes"]})]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return not SuggestionSettings.objects.exists()
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # empty the fields instead: then the server default applies
+
+
+@admin.register(SuggestionStat)
+class SuggestionStatAdmin(admin.ModelAdmin):
+    """Read-only hourly counters, as the fan-out saw each provider answer."""
+
+    list_display = [
+        "hour",
+        "provider",
+        "queries",
+        "succeeded",
+        "timeouts",
+        "errors",
+        "failure_rate",
+        "latency_mean",
+        "latency_ms_max",
+        "addresses",
+    ]
+    list_filter = ["provider", "hour"]
+    search_fields = ["provider__name", "provider__slug"]
+    date_hierarchy = "hour"
+    list_select_related = ["provider"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # written by the fan-out only
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description=_("failed"))
+    def failure_rate(self, stat: SuggestionStat) -> str:
+        if not stat.queries:
+            return "-"
+        return f"{(stat.timeouts + stat.errors) / stat.queries:.0%}"
+
+    @admin.display(description=_("mean latency (ms)"))
+    def latency_mean(self, stat: SuggestionStat) -> int:
+        return stat.latency_ms_mean
 
 
 @admin.register(ProviderDomain)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import hmac
 import ipaddress
 import re
+from datetime import UTC, datetime
 from typing import Any
 
+from django.conf import settings
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models
-from django.db.models.functions import Lower
+from django.db import models, transaction
+from django.db.models.functions import Coalesce, Lower
 from django.utils.translation import gettext_lazy as _
 
 from providers import autoconfig
@@ -94,6 +100,45 @@ class ProviderQuerySet(models.QuerySet["Provider"]):
         except DomainError:
             return self.none()
         return self.filter(domains__name=ascii_name)
+
+    def with_suggestion_stats(self, since: datetime) -> ProviderQuerySet:
+        """Annotate each provider with its suggestion counters summed from `since` on.
+
+        `stat_queries`, `stat_succeeded`, `stat_timeouts`, `stat_errors`,
+        `stat_latency_total`, `stat_latency_max` (0 without rows). Subqueries, not a join,
+        so that other annotations (server counts) are not multiplied by the hourly rows.
+        """
+        rows = SuggestionStat.objects.filter(provider=models.OuterRef("pk"), hour__gte=since)
+        annotations = {}
+        for name, column, function in (
+            ("stat_queries", "queries", models.Sum),
+            ("stat_succeeded", "succeeded", models.Sum),
+            ("stat_timeouts", "timeouts", models.Sum),
+            ("stat_errors", "errors", models.Sum),
+            ("stat_latency_total", "latency_ms_total", models.Sum),
+            ("stat_latency_max", "latency_ms_max", models.Max),
+        ):
+            total = rows.values("provider").annotate(value=function(column)).values("value")
+            annotations[name] = Coalesce(
+                models.Subquery(total, output_field=models.BigIntegerField()), 0
+            )
+        return self.annotate(**annotations)
+
+    def offered(self) -> ProviderQuerySet:
+        """Providers clients may be offered for sign-up (provider list, suggestions).
+
+        Enabled, with the fields Thunderbird requires (it skips an entry that lacks one:
+        specs/provisioner.md), and, when hosted, open to everyone (token-only registration
+        needs an invitation that a client cannot have).
+        """
+        return (
+            self.enabled()
+            .filter(domains__isnull=False)
+            .exclude(tos_url="")
+            .exclude(privacy_url="")
+            .filter(models.Q(hosted=False) | models.Q(registration=Registration.OPEN))
+            .distinct()
+        )
 
 
 class Provider(models.Model):
@@ -187,6 +232,34 @@ class Provider(models.Model):
             "their email address is confirmed."
         ),
     )
+    suggestion_timeout = models.FloatField(
+        "suggestion time limit (seconds)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.2), MaxValueValidator(30)],
+        help_text=_(
+            "Remote providers: how long the portal waits for its suggestion API. Empty: the "
+            "default (3 s). A slower answer is reported as a timeout, never waited for."
+        ),
+    )
+    suggestion_count = models.PositiveSmallIntegerField(
+        "addresses suggested",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(20)],
+        help_text=_(
+            "Hosted providers: how many free addresses to suggest from a name. Empty: the "
+            "default (5). Thunderbird shows four and folds the rest."
+        ),
+    )
+    require_approval = models.BooleanField(
+        "require an administrator's approval",
+        default=False,
+        help_text=_(
+            "New accounts from the public front doors (registration pages, API, QR tokens) "
+            "cannot log in anywhere until an administrator approves them in the account list."
+        ),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -224,6 +297,27 @@ class Provider(models.Model):
     @property
     def is_free(self) -> bool:
         return self.price == 0
+
+    @property
+    def effective_suggestion_timeout(self) -> float:
+        return float(self.suggestion_timeout or settings.SUGGESTION_TIMEOUT)
+
+    @property
+    def effective_suggestion_count(self) -> int:
+        return int(self.suggestion_count or settings.SUGGESTION_COUNT)
+
+    def missing_list_fields(self) -> list[str]:
+        """What keeps this provider out of the provider list (empty: nothing)."""
+        missing = []
+        if not self.enabled:
+            missing.append(str(_("disabled")))
+        if not self.tos_url:
+            missing.append(str(_("terms of service URL")))
+        if not self.privacy_url:
+            missing.append(str(_("privacy policy URL")))
+        if self.hosted and self.registration != Registration.OPEN:
+            missing.append(str(_("registration open to everyone")))
+        return missing
 
     def clean(self) -> None:
         errors: dict[str, Any] = {}
@@ -472,6 +566,17 @@ class SuggestionClient(models.Model):
         help_text=_("Empty: allowed for every hosted provider."),
     )
     note = models.CharField(max_length=200, blank=True, help_text=_("Who this is."))
+    token_sha256 = models.CharField(
+        "access token (SHA-256)",
+        max_length=64,
+        blank=True,
+        editable=False,
+        help_text=_(
+            "When set, callers from this network must also send "
+            "“Authorization: Bearer <token>”. Issue one with the action in the list; only "
+            "its SHA-256 is kept."
+        ),
+    )
 
     class Meta:
         ordering = ["network"]
@@ -491,6 +596,142 @@ class SuggestionClient(models.Model):
 
     def __str__(self) -> str:
         return str(self.network)
+
+    def admits(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address, token: str) -> bool:
+        """True if `address` is in this network and, when a token is set, `token` is it."""
+        network = ipaddress.ip_network(self.network)
+        if address.version != network.version or address not in network:
+            return False
+        if not self.token_sha256:
+            return True
+        offered = hashlib.sha256(token.encode()).hexdigest() if token else ""
+        return hmac.compare_digest(offered, self.token_sha256)
+
+
+class SuggestionSettings(models.Model):
+    """The one row of suggestion settings administrators may change without a deployment."""
+
+    rate_count = models.PositiveIntegerField(
+        "queries per client",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text=_("How many suggestion queries one client address may make per window."),
+    )
+    rate_minutes = models.PositiveIntegerField(
+        "window (minutes)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(1440)],
+        help_text=_("Leave both empty for the default from the server settings."),
+    )
+
+    class Meta:
+        verbose_name = _("suggestion settings")
+        verbose_name_plural = _("suggestion settings")
+        constraints = [
+            models.CheckConstraint(condition=models.Q(pk=1), name="suggestionsettings_singleton"),
+            models.CheckConstraint(
+                condition=models.Q(rate_count__isnull=True, rate_minutes__isnull=True)
+                | models.Q(rate_count__isnull=False, rate_minutes__isnull=False),
+                name="suggestionsettings_rate_both_or_neither",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return str(_("Suggestion rate limit: %(rate)s")) % {"rate": self.rate_description}
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.pk = 1
+        super().save(*args, **kwargs)
+        transaction.on_commit(_forget_suggestion_rate)
+
+    @classmethod
+    def load(cls) -> SuggestionSettings:
+        """The saved row, or an unsaved one holding the defaults."""
+        return cls.objects.filter(pk=1).first() or cls(pk=1)
+
+    @classmethod
+    def current_rate(cls) -> str:
+        """The rate in force, from the shared cache (refreshed from the row every 30 s and on
+        every save), so that a refused request costs no database query."""
+        try:
+            rate = cache.get(SUGGESTION_RATE_CACHE_KEY)
+        except Exception:  # the cache's own errors; the rate limiter then fails closed
+            rate = None
+        if isinstance(rate, str):
+            return rate
+        rate = cls.load().rate
+        with contextlib.suppress(Exception):
+            cache.set(SUGGESTION_RATE_CACHE_KEY, rate, timeout=30)
+        return rate
+
+    def clean(self) -> None:
+        if (self.rate_count is None) != (self.rate_minutes is None):
+            raise ValidationError(
+                _("Fill in both the number of queries and the window, or neither.")
+            )
+
+    @property
+    def rate(self) -> str:
+        """The rate as django-ratelimit reads it: "30/m", "100/5m"."""
+        if self.rate_count is None or self.rate_minutes is None:
+            rate: str = settings.SUGGESTION_RATE
+            return rate
+        minutes = "" if self.rate_minutes == 1 else str(self.rate_minutes)
+        return f"{self.rate_count}/{minutes}m"
+
+    @property
+    def rate_description(self) -> str:
+        count, _slash, period = self.rate.partition("/")
+        return f"{count} per {period}"
+
+
+SUGGESTION_RATE_CACHE_KEY = "providers:suggestion-rate"
+
+
+def _forget_suggestion_rate() -> None:
+    with contextlib.suppress(Exception):  # a down cache holds no stale rate either
+        cache.delete(SUGGESTION_RATE_CACHE_KEY)
+
+
+class SuggestionStat(models.Model):
+    """Counters of one provider's suggestion queries in one hour (UTC), as the fan-out saw them."""
+
+    provider = models.ForeignKey(
+        Provider, on_delete=models.CASCADE, related_name="suggestion_stats"
+    )
+    hour = models.DateTimeField(help_text=_("Start of the hour (UTC)."))
+    queries = models.PositiveIntegerField(default=0)
+    succeeded = models.PositiveIntegerField(default=0)
+    timeouts = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    addresses = models.PositiveIntegerField(default=0, help_text=_("Addresses suggested in total."))
+    latency_ms_total = models.PositiveBigIntegerField(default=0)
+    latency_ms_max = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-hour", "provider"]
+        verbose_name = _("suggestion statistics (hourly)")
+        verbose_name_plural = _("suggestion statistics (hourly)")
+        constraints = [
+            # The counters are incremented by INSERT ... ON CONFLICT on exactly this pair.
+            models.UniqueConstraint(
+                fields=["provider", "hour"], name="suggestionstat_one_per_hour"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider_id} {self.hour:%Y-%m-%d %H}:00"
+
+    @property
+    def latency_ms_mean(self) -> int:
+        return round(self.latency_ms_total / self.queries) if self.queries else 0
+
+
+def hour_of(moment: datetime) -> datetime:
+    """The start of the UTC hour holding `moment` (aware)."""
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def _network_error(value: str, exc: ValueError) -> str:

@@ -1,10 +1,10 @@
-"""URLs of providers: the autoconfig documents (the registration pages arrive later)."""
+"""URLs of providers: autoconfig documents and the provider-side suggestion engine."""
 
 from __future__ import annotations
 
 from django.urls import path
 
-from providers import views
+from providers import api, views
 
 urlpatterns = [
     path(
@@ -16,4 +16,7 @@ urlpatterns = [
     path("autodiscover/autodiscover.xml", views.autodiscover, name="autodiscover"),
     path("Autodiscover/Autodiscover.xml", views.autodiscover),
     path("mobileconfig", views.mobileconfig, name="mobileconfig"),
+    path(
+        "providers/<slug:slug>/suggest", api.ProviderSuggestView.as_view(), name="provider-suggest"
+    ),
 ]

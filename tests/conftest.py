@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings as django_settings
+from django.db import connection
 
 from accounts import dovecot as private_dovecot
 from providers.models import Provider, ProviderDomain, ServerSetting
@@ -56,6 +57,41 @@ def redis_client() -> Any:
     except redis.RedisError as exc:
         need_service("Redis", str(exc))
     return client
+
+
+@pytest.fixture
+def cache_down(settings: Any) -> None:
+    """Point the cache at a closed port: rate limits must fail closed (RELIABILITY.md 7)."""
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{_free_port()}/0",
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
+    }
+
+
+@pytest.fixture
+def database_down(transactional_db: None) -> Iterator[Callable[[], None]]:
+    """Call it to make the next connection fail (a closed port, or an unopenable file).
+
+    The database is back (settings restored) after the test; a test may restore it earlier
+    with connection.close() and connection.settings_dict.update(saved).
+    """
+    saved = dict(connection.settings_dict)
+
+    def stop() -> None:
+        connection.close()
+        if connection.vendor == "postgresql":
+            connection.settings_dict.update(HOST="127.0.0.1", PORT=str(_free_port()))
+            connection.settings_dict["OPTIONS"] = {**saved["OPTIONS"], "connect_timeout": 2}
+        else:
+            connection.settings_dict["NAME"] = "/nonexistent-dir/none.sqlite3"
+
+    yield stop
+    connection.close()
+    connection.settings_dict.clear()
+    connection.settings_dict.update(saved)
 
 
 @pytest.fixture
@@ -125,6 +161,7 @@ def dovecot(
     """A private Dovecot from deploy/dovecot/ on a free port, reading the test database.
 
     Started once per session and stopped at its end (before the test database is dropped).
+    Its doveadm HTTP API listens too: `dovecot_api` points the portal at it.
     Dovecot reads through its own database connection, so tests that log in must commit:
     `@pytest.mark.django_db(transaction=True)`. Keep sessions few and short (log out).
     """
@@ -132,15 +169,15 @@ def dovecot(
     import tempfile
     from pathlib import Path
 
-    from django.db import connection
-
     with django_db_blocker.unblock():
         # The test database's name is known only now, after django_db_setup.
         database = dict(connection.settings_dict)
     # Not pytest's tmp_path: run as root, the mail is stored by the dovecot user, who
     # cannot enter pytest's private (0700) base directory.
     state = Path(tempfile.mkdtemp(prefix="mailportal-dovecot-"))
-    instance = private_dovecot.PrivateDovecot(state_dir=state, database=database, port=_free_port())
+    instance = private_dovecot.PrivateDovecot(
+        state_dir=state, database=database, port=_free_port(), doveadm_port=_free_port()
+    )
     try:
         instance.start()
     except private_dovecot.DovecotError as exc:
@@ -149,3 +186,178 @@ def dovecot(
     yield instance
     instance.stop()
     shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture
+def dovecot_api(dovecot: private_dovecot.PrivateDovecot, settings: Any) -> None:
+    """The portal ends sessions through the private Dovecot's doveadm API (DOVEADM_API_*)."""
+    settings.DOVEADM_API_URL = dovecot.api_url
+    settings.DOVEADM_API_KEY = dovecot.doveadm_key
+
+
+class PortalServer:
+    """The portal under gunicorn in its own processes, on the test database (see fixture)."""
+
+    def __init__(self, *, port: int, env: dict[str, str], log: Any) -> None:
+        import subprocess
+        import sys
+
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "portal.wsgi",
+                "--workers",
+                "1",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--graceful-timeout",
+                "2",
+            ],
+            cwd=django_settings.BASE_DIR,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        import socket
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"gunicorn did not start; see {self.log.name}") from None
+                time.sleep(0.1)
+
+    def worker_pids(self) -> list[int]:
+        """gunicorn's worker processes (children of its master)."""
+        from pathlib import Path
+
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in children.read_text().split()]
+
+    def stop(self) -> None:
+        import os
+        import signal
+        import subprocess
+
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def database_url(database: dict[str, Any]) -> str:
+    """A DATABASE_URL naming `database` (a connection's settings_dict), for child processes."""
+    from urllib.parse import quote
+
+    if database["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{database['NAME']}"
+    user = quote(database.get("USER") or "")
+    password = f":{quote(database['PASSWORD'])}" if database.get("PASSWORD") else ""
+    host = database.get("HOST") or "127.0.0.1"
+    port = f":{database['PORT']}" if database.get("PORT") else ""
+    return f"postgres://{user}{password}@{host}{port}/{quote(database['NAME'])}"
+
+
+@pytest.fixture
+def portal_server(transactional_db: None, tmp_path: Any) -> Iterator[Callable[..., PortalServer]]:
+    """Start the portal under gunicorn (one worker) on the test database; stopped after.
+
+    `portal_server(**env)` adds or overrides environment variables (None removes one).
+    REDIS_URL is removed unless given: the child's rate limits and Celery stay its own.
+    Its output goes to a log file under tmp_path.
+    """
+
+    servers: list[PortalServer] = []
+
+    def start(**overrides: str | None) -> PortalServer:
+        port = _free_port()
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url(dict(connection.settings_dict)),
+            "PORTAL_BASE_URL": f"http://127.0.0.1:{port}",
+            "PORTAL_ALLOWED_HOSTS": "127.0.0.1",
+        }
+        env.pop("REDIS_URL", None)
+        for name, value in overrides.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+        log = (tmp_path / f"gunicorn-{port}.log").open("wb")
+        server = PortalServer(port=port, env=env, log=log)
+        servers.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+        server.log.close()
+
+
+# Debian's Chromium, driven by Playwright (never a browser Playwright downloads itself). The
+# flags are the machine's: no sandbox as root, and no background traffic to Google's hosts.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    """One headless Chromium for the session; skips (fails under REQUIRE_SERVICES) without it.
+
+    Playwright's sync API keeps an event loop in this thread, which Django's ORM takes for an
+    async context: DJANGO_ALLOW_ASYNC_UNSAFE lets the tests query the database between
+    browser steps (test code only; the server under test runs in live_server's thread).
+    """
+    from pathlib import Path
+
+    if not Path(CHROMIUM).exists():
+        need_service("Chromium", f"{CHROMIUM} is missing (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            yield browser
+            browser.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture
+def page(chromium: Any) -> Iterator[Any]:
+    """A fresh browser context (no cookies) and page, English, phone-sized width allowed."""
+    context = chromium.new_context(locale="en-US")
+    page = context.new_page()
+    yield page
+    context.close()

@@ -14,15 +14,16 @@ from django.contrib.auth.password_validation import (
     UserAttributeSimilarityValidator,
 )
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, OperationalError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, models, transaction
 from django.utils import timezone
 
 from accounts import passwords
-from accounts.mailbox import MailboxRequest, get_backend
+from accounts.mailbox import MailboxError, MailboxRequest, get_backend
 from accounts.models import (
     AccountStatus,
     CreatedVia,
     MailAccount,
+    MailboxState,
     ReservedName,
     ThirdPartyID,
 )
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 # printed sheet can be typed. 20 of 54 symbols: about 115 bits.
 PASSWORD_ALPHABET = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # noqa: S105
 GENERATED_PASSWORD_LENGTH = 20
+# Errors of the database connection itself (PostgreSQL or SQLite down, connection lost).
+_DB_DOWN = (OperationalError, InterfaceError)
 
 
 class AddressTaken(Conflict):
@@ -142,9 +145,37 @@ def check_address_available(domain: ProviderDomain, local_part: str) -> str:
     """The normalised local part if it may be registered now; NameRefused or AddressTaken."""
     normalised = normalise_local_part(local_part)
     check_local_part(normalised, domain.provider, reserved_names())
-    if MailAccount.objects.filter(domain=domain, local_part=normalised).exists():
+    holders = MailAccount.objects.filter(domain=domain, local_part=normalised)
+    # An interrupted creation holds the name only until someone asks for it (_insert).
+    if holders.exclude(pk__in=MailAccount.objects.interrupted(MailboxState.CREATING)).exists():
         raise AddressTaken("This address is already taken.")
     return normalised
+
+
+def available_local_parts(domain: ProviderDomain, candidates: Sequence[str]) -> list[str]:
+    """Those of `candidates` that check_address_available would accept now, in order.
+
+    Normalised and without repeats; refused names (rules, reserved) and taken ones are left
+    out. Two queries whatever the number of candidates (the suggestion engine asks for
+    dozens at once).
+    """
+    reserved = reserved_names()
+    valid: list[str] = []
+    for candidate in candidates:
+        normalised = normalise_local_part(candidate)
+        if normalised in valid:
+            continue
+        try:
+            check_local_part(normalised, domain.provider, reserved)
+        except InvalidInput:
+            continue
+        valid.append(normalised)
+    taken = set(
+        MailAccount.objects.filter(domain=domain, local_part__in=valid).values_list(
+            "local_part", flat=True
+        )
+    )
+    return [name for name in valid if name not in taken]
 
 
 def check_registration_open(domain: ProviderDomain, created_via: str, token_ok: bool) -> None:
@@ -158,6 +189,17 @@ def check_registration_open(domain: ProviderDomain, created_via: str, token_ok: 
         raise RegistrationDisabled("Registration for this domain needs an invitation.")
 
 
+def initial_status(domain: ProviderDomain, created_via: CreatedVia | str) -> AccountStatus:
+    """The status of a new account once nothing is pending: active, or awaiting approval.
+
+    A provider that requires approval holds back every account from the public front doors
+    (RELIABILITY.md check 4); an administrator's own accounts are active at once.
+    """
+    if domain.provider.require_approval and created_via != CreatedVia.ADMIN:
+        return AccountStatus.APPROVAL
+    return AccountStatus.ACTIVE
+
+
 def create_account(
     *,
     domain: str | ProviderDomain,
@@ -166,62 +208,140 @@ def create_account(
     created_via: CreatedVia | str,
     full_name: str = "",
     third_pids: Sequence[tuple[str, str]] = (),
-    status: AccountStatus | str = AccountStatus.ACTIVE,
+    status: AccountStatus | None = None,
     token_ok: bool = False,
 ) -> MailAccount:
     """Create a mail account and its mailbox, all or nothing.
 
     Inputs: a hosted domain (name or row), the typed local part and password, the front
     door it came through, optional third-party IDs as (kind, value). `token_ok` says the
-    caller redeemed an onboarding token (needed where registration is "token").
+    caller redeemed an onboarding token (needed where registration is "token"). `status`
+    defaults to initial_status(); pass PENDING for an account awaiting email verification.
     Errors: `reg_disabled` (domain not hosted, closed, or token needed), `invalid_username`,
     `weak_password`, `invalid_email` / `invalid_msisdn`, `id_exists` (address or a
     third-party ID taken, also when a concurrent request won the race: the unique
-    constraints decide), `mailbox_failed` (the backend refused: nothing is kept),
+    constraints decide), `mailbox_failed` (the backend refused: nothing is kept; or it did
+    not answer in time: the row stays "creating" and the reconciler settles it),
     `database_unavailable`.
-    Side effects: one MailAccount row and its ThirdPartyID rows in one transaction, inside
-    which the mailbox backend creates the mailbox.
+    Side effects, in this order so that a crash anywhere leaves a row saying what was under
+    way (accounts.models.MailboxState): the MailAccount row (state "creating") and its
+    ThirdPartyID rows are committed in one transaction, the mailbox backend creates the
+    mailbox, then the row becomes "ready" and only then can it log in. Must not be called
+    inside a transaction (the first commit must happen before the mail server is asked).
     """
-    row = domain if isinstance(domain, ProviderDomain) else hosted_domain(domain)
-    check_registration_open(row, str(created_via), token_ok)
-    normalised = check_address_available(row, local_part)
-    pids = [(kind, normalise_third_pid(kind, value)) for kind, value in third_pids]
-    if len(set(pids)) != len(pids):
-        raise InvalidInput("The same third-party ID is listed twice.", code="invalid_third_pid")
-    email = next((value for kind, value in pids if kind == "email"), "")
-    check_password_policy(
-        password, domain=row, local_part=normalised, full_name=full_name, email=email
-    )
-    encoded = passwords.hash_password(password)  # slow: outside the transaction
+    try:
+        row = domain if isinstance(domain, ProviderDomain) else hosted_domain(domain)
+        check_registration_open(row, str(created_via), token_ok)
+        normalised = check_address_available(row, local_part)
+        pids = [(kind, normalise_third_pid(kind, value)) for kind, value in third_pids]
+        if len(set(pids)) != len(pids):
+            raise InvalidInput("The same third-party ID is listed twice.", code="invalid_third_pid")
+        email = next((value for kind, value in pids if kind == "email"), "")
+        check_password_policy(
+            password, domain=row, local_part=normalised, full_name=full_name, email=email
+        )
+    except _DB_DOWN as exc:
+        raise _database_unavailable("account creation", exc) from None
+    encoded = passwords.hash_password(password)  # slow: outside any transaction
     account = MailAccount(
         domain=row,
         local_part=normalised,
         password=encoded,
         full_name=full_name.strip(),
-        status=status,
+        status=status or initial_status(row, created_via),
+        mailbox_state=MailboxState.CREATING,
         created_via=created_via,
     )
     try:
-        with transaction.atomic():
-            account.save()
-            ThirdPartyID.objects.bulk_create(
-                ThirdPartyID(account=account, kind=kind, value=value) for kind, value in pids
-            )
-            backend = get_backend()
-            backend.create(_mailbox_request(account, password))
-            if account.status != AccountStatus.ACTIVE:
-                # A pending or disabled account must not log in on a mail server that keeps
-                # its own users (the sql backend's view lists active accounts only).
-                backend.disable(account.address)
-    except IntegrityError:
-        raise AddressTaken() from None
-    except OperationalError as exc:
-        logger.error("account creation for %s: database unavailable: %s", row.name, exc)
-        raise DatabaseUnavailable() from None
+        _insert(account, pids)
+        _provision(account, password)
+    except _DB_DOWN as exc:
+        raise _database_unavailable("account creation", exc) from None
     logger.info(
         "account created: %s via %s (status %s)", account.address, created_via, account.status
     )
     return account
+
+
+def _insert(account: MailAccount, pids: Sequence[tuple[str, str]]) -> None:
+    """Commit the "creating" row and its third-party IDs; AddressTaken if any is taken.
+
+    A clash with a creation that was interrupted (a crash between the two commits) is
+    settled here rather than answering `id_exists` until the reconciler runs: the client
+    retrying its own registration gets it.
+    """
+    for attempt in range(2):
+        try:
+            with transaction.atomic(durable=True):
+                account.save(force_insert=True)
+                ThirdPartyID.objects.bulk_create(
+                    ThirdPartyID(account=account, kind=kind, value=value) for kind, value in pids
+                )
+            return
+        except IntegrityError:
+            account.pk = None
+            account._state.adding = True
+            if attempt == 0 and _settle_interrupted_clashes(account, pids):
+                continue
+            raise AddressTaken() from None
+
+
+def _settle_interrupted_clashes(account: MailAccount, pids: Sequence[tuple[str, str]]) -> bool:
+    """Roll back interrupted creations holding this address or third-party IDs; any found?"""
+    clash = models.Q(domain_id=account.domain_id, local_part=account.local_part)
+    for kind, value in pids:
+        clash |= models.Q(third_pids__kind=kind, third_pids__value=value)
+    stale = list(
+        MailAccount.objects.interrupted(MailboxState.CREATING)
+        .filter(clash)
+        .select_related("domain")
+        .distinct()
+    )
+    return sum(roll_back_creation(account=row) for row in stale) > 0
+
+
+def _provision(account: MailAccount, password: str) -> None:
+    """Ask the backend for the mailbox, then mark the row ready (or undo the row)."""
+    try:
+        get_backend().create(mailbox_request(account, password))
+    except MailboxError as exc:
+        if not exc.outcome_unknown:
+            # The backend changed nothing: the row goes, and with it the claim on the name.
+            _forget(account)
+        raise
+    marked = MailAccount.objects.filter(pk=account.pk, mailbox_state=MailboxState.CREATING).update(
+        mailbox_state=MailboxState.READY, updated_at=timezone.now()
+    )
+    if not marked:
+        # The reconciler took it for interrupted (only after MAILBOX_RECONCILE_GRACE).
+        raise MailboxError("The mailbox took too long to create; try again.")
+    account.mailbox_state = MailboxState.READY
+
+
+def _forget(account: MailAccount) -> None:
+    """Delete a row whose mailbox was never made; if the database fails, the reconciler will."""
+    try:
+        MailAccount.objects.filter(pk=account.pk, mailbox_state=MailboxState.CREATING).delete()
+    except _DB_DOWN as exc:
+        logger.error("%s: left as 'creating' for the reconciler: %s", account.address, exc)
+
+
+def roll_back_creation(*, account: MailAccount) -> bool:
+    """Undo an interrupted creation: delete the mailbox (if it was made), then the row.
+
+    Only for a row still "creating", which was never acknowledged to anyone (success is
+    answered after the row is "ready"). The backend's contract makes the delete safe: its
+    `create` refuses an address that exists, so a mailbox at this address was made for
+    this row. Returns False if the row was gone or no longer "creating". Errors:
+    `mailbox_failed` (the row stays for the next attempt).
+    """
+    get_backend().delete(account.address)
+    deleted, _ = MailAccount.objects.filter(
+        pk=account.pk, mailbox_state=MailboxState.CREATING
+    ).delete()
+    if deleted:
+        logger.warning("interrupted creation of %s rolled back", account.address)
+    return bool(deleted)
 
 
 def set_password(*, account: MailAccount, password: str, check_policy: bool = True) -> None:
@@ -244,7 +364,7 @@ def set_password(*, account: MailAccount, password: str, check_policy: bool = Tr
     account.password_changed_at = timezone.now()
     with transaction.atomic():
         account.save(update_fields=["password", "password_changed_at", "updated_at"])
-        get_backend().set_password(_mailbox_request(account, password))
+        get_backend().set_password(mailbox_request(account, password))
     logger.info("password changed: %s", account.address)
 
 
@@ -256,7 +376,11 @@ def reset_password(*, account: MailAccount) -> str:
 
 
 def set_status(*, account: MailAccount, status: AccountStatus) -> bool:
-    """Disable or enable an account; False if it already had that status."""
+    """Disable, enable or approve an account; False if it already had that status.
+
+    Side effects: the row's status and, in the same transaction, the mailbox backend's
+    enable or disable (only `active` accounts log in; disabling ends open sessions).
+    """
     if account.status == status:
         return False
     with transaction.atomic():
@@ -278,19 +402,39 @@ def set_status(*, account: MailAccount, status: AccountStatus) -> bool:
 
 
 def delete_account(*, account: MailAccount) -> None:
-    """Delete the account row and its mailbox together."""
-    address = account.address
-    with transaction.atomic():
-        account.delete()
-        get_backend().delete(address)
-    logger.info("account deleted: %s", address)
+    """Delete the mailbox, then the account row.
+
+    The row is first committed as "deleting" (it stops logging in at once), then the
+    backend deletes the mailbox, then the row goes. Errors: `mailbox_failed`: the account
+    is unchanged when the backend refused, or stays "deleting" for the reconciler to finish
+    when its answer was lost. Called inside a transaction, the steps share it.
+    """
+    previous = account.mailbox_state
+    MailAccount.objects.filter(pk=account.pk).update(
+        mailbox_state=MailboxState.DELETING, updated_at=timezone.now()
+    )
+    try:
+        get_backend().delete(account.address)
+    except MailboxError as exc:
+        if not exc.outcome_unknown:
+            MailAccount.objects.filter(pk=account.pk).update(mailbox_state=previous)
+        raise
+    account.delete()
+    logger.info("account deleted: %s", account.address)
 
 
-def _mailbox_request(account: MailAccount, password: str | None) -> MailboxRequest:
+def _database_unavailable(what: str, exc: Exception) -> DatabaseUnavailable:
+    logger.error("%s: database unavailable: %s", what, type(exc).__name__)
+    return DatabaseUnavailable()
+
+
+def mailbox_request(account: MailAccount, password: str | None = None) -> MailboxRequest:
+    """What the backend is told about `account` (the clear password only when just typed)."""
     return MailboxRequest(
         address=account.address,
         password_hash=passwords.dovecot_form(account.password),
         quota_mb=account.effective_quota_mb,
         full_name=account.full_name,
+        enabled=account.status == AccountStatus.ACTIVE,
         password=password,
     )

@@ -177,6 +177,9 @@ def _create(registration: InbandRegistration) -> cpe3.Answer:
         payload = {"userID": pid.value, "address": account.address, **payload}
     else:
         payload = {"userID": cpe3.user_id(account.local_part, domain.name), **payload}
+    if account.status == AccountStatus.APPROVAL:
+        payload["approval"] = "pending"
+        status = HTTPStatus.ACCEPTED
     if registration.login_on_success:
         payload["loginError"] = {
             "errID": cpe3.LOGIN_UNSUPPORTED,
@@ -207,25 +210,26 @@ def _local_part_from_email(domain: ProviderDomain, email: str | None) -> str:
 def _create_pending(
     registration: InbandRegistration, domain: ProviderDomain, local_part: str
 ) -> MailAccount:
-    """A pending account and its code in one transaction; the code is mailed after commit.
+    """A pending account, then its code, which is mailed at once.
 
-    If the mail cannot be sent the account is deleted again and `mail_unavailable` raised,
-    so the client can retry instead of holding a name it can never confirm.
+    If the code cannot be stored or mailed, the account is deleted again and the error
+    raised (`mail_unavailable`), so the client can retry instead of holding a name it can
+    never confirm. A crash in between leaves a pending account without a code, which
+    purge_registrations removes after the code's lifetime.
     """
-    with transaction.atomic():
-        account = create_account(
-            domain=domain,
-            local_part=local_part,
-            password=registration.password,
-            created_via=CreatedVia.API,
-            third_pids=registration.third_pids,
-            status=AccountStatus.PENDING,
-        )
+    account = create_account(
+        domain=domain,
+        local_part=local_part,
+        password=registration.password,
+        created_via=CreatedVia.API,
+        third_pids=registration.third_pids,
+        status=AccountStatus.PENDING,
+    )
+    try:
         pid = account.third_pids.get(kind="email")
         code = verification.issue_code(third_pid=pid)
-    try:
         verification.send_code(account=account, to=pid.value, code=code)
-    except verification.MailUnavailable:
+    except BaseException:
         delete_account(account=account)
         raise
     return account

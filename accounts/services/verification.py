@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.db import InterfaceError, OperationalError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare, salted_hmac
@@ -20,11 +20,17 @@ from django.utils.crypto import constant_time_compare, salted_hmac
 from accounts.models import (
     AccountStatus,
     MailAccount,
+    MailboxState,
     ThirdPartyID,
     ThirdPartyKind,
     VerificationCode,
 )
-from accounts.services.accounts import DatabaseUnavailable, delete_account, set_status
+from accounts.services.accounts import (
+    DatabaseUnavailable,
+    delete_account,
+    initial_status,
+    set_status,
+)
 from accounts.services.names import normalise_local_part, normalise_third_pid
 from portal.errors import InvalidInput, PortalError, ServiceUnavailable
 from providers.domains import DomainError, to_ascii
@@ -164,7 +170,8 @@ def confirm_code(*, third_pid: ThirdPartyID, code: str, now: datetime | None = N
     MAX_ATTEMPTS tries are used up). Each try is counted by a conditional UPDATE committed
     before the comparison, so concurrent guesses cannot exceed the limit.
     Side effects: attempts + 1; on success the code row is deleted, verified_at set and the
-    account activated (mailbox enabled) in one transaction.
+    account activated (mailbox enabled) in one transaction, or, where the provider requires
+    approval, handed on to "awaiting approval".
     """
     now = now or timezone.now()
     counted = VerificationCode.objects.filter(
@@ -183,7 +190,7 @@ def confirm_code(*, third_pid: ThirdPartyID, code: str, now: datetime | None = N
         deleted, _ = VerificationCode.objects.filter(third_pid=third_pid).delete()
         if deleted:
             ThirdPartyID.objects.filter(pk=third_pid.pk).update(verified_at=now)
-            set_status(account=account, status=AccountStatus.ACTIVE)
+            set_status(account=account, status=initial_status(account.domain, account.created_via))
     logger.info("email verified: %s", account.address)
     return account
 
@@ -191,18 +198,29 @@ def confirm_code(*, third_pid: ThirdPartyID, code: str, now: datetime | None = N
 def purge_abandoned(*, now: datetime | None = None) -> int:
     """Delete pending accounts whose code expired unconfirmed, so their address is free again.
 
-    Only accounts still pending with an expired VerificationCode are touched (accounts
-    pending for another reason have no code). Returns how many were deleted.
+    Pending accounts with no code at all are deleted too once a code's lifetime has passed
+    since their creation: their code was never stored (a crash right after creation).
+    Returns how many were deleted.
     """
     now = now or timezone.now()
     abandoned = list(
         MailAccount.objects.select_related("domain")
+        .filter(status=AccountStatus.PENDING, mailbox_state=MailboxState.READY)
         .filter(
-            status=AccountStatus.PENDING,
-            third_pids__verification__expires_at__lte=now,
+            Q(third_pids__verification__expires_at__lte=now)
+            | Q(created_at__lte=now - CODE_LIFETIME, third_pids__verification__isnull=True)
         )
         .distinct()
     )
+    # A pending account with a live code keeps it (the code is on another third-party ID).
+    keep = set(
+        VerificationCode.objects.filter(
+            third_pid__account__in=abandoned, expires_at__gt=now
+        ).values_list("third_pid__account_id", flat=True)
+    )
+    deleted = 0
     for account in abandoned:
-        delete_account(account=account)
-    return len(abandoned)
+        if account.pk not in keep:
+            delete_account(account=account)
+            deleted += 1
+    return deleted

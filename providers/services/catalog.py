@@ -69,6 +69,18 @@ def _whole_number(value: Any) -> int:
     return value
 
 
+def _whole_number_or_null(value: Any) -> int | None:
+    return None if value is None else _whole_number(value)
+
+
+def _seconds_or_null(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _WrongType("Expected a number of seconds.")
+    return float(value)
+
+
 def _strings(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise _WrongType("Expected a list of strings.")
@@ -117,13 +129,20 @@ _PROVIDER_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "usernamePunctuation": ("username_punctuation", _string),
     "passwordMinLength": ("password_min_length", _whole_number),
     "requireVerifiedEmail": ("require_verified_email", _boolean),
+    # Extensions: suggestions (null or left out: the server's default).
+    "suggestionTimeout": ("suggestion_timeout", _seconds_or_null),
+    "suggestionCount": ("suggestion_count", _whole_number_or_null),
+    "requireApproval": ("require_approval", _boolean),
 }
-_ACCOUNT_RULE_KEYS = (
+_NON_DEFAULT_KEYS = (
     "usernameMinLength",
     "usernameMaxLength",
     "usernamePunctuation",
     "passwordMinLength",
     "requireVerifiedEmail",
+    "suggestionTimeout",
+    "suggestionCount",
+    "requireApproval",
 )
 _SERVER_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "type": ("type", _string),
@@ -288,7 +307,7 @@ def _provider_to_json(provider: Provider) -> dict[str, Any]:
         "incoming": [_server_to_json(server) for server in servers if server.is_incoming],
         "outgoing": [_server_to_json(server) for server in servers if not server.is_incoming],
     }
-    for key in _ACCOUNT_RULE_KEYS:
+    for key in _NON_DEFAULT_KEYS:
         name = _PROVIDER_KEYS[key][0]
         if getattr(provider, name) != _model_field(Provider, name).get_default():
             entry[key] = getattr(provider, name)

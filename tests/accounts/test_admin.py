@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from accounts import passwords
-from accounts.models import AccountStatus, MailAccount, ThirdPartyID
+from accounts.models import AccountStatus, MailAccount, MailboxState, ThirdPartyID
 from accounts.services.accounts import create_account
 
 CHANGELIST = "/admin/accounts/mailaccount/"
@@ -151,3 +151,50 @@ def test_admin_delete_removes_account_and_its_ids(admin_client: Any, account: Ma
 
 def test_admin_lists_reserved_names(admin_client: Any) -> None:
     assert admin_client.get("/admin/accounts/reservedname/").status_code == HTTPStatus.OK
+
+
+def test_admin_approves_only_accounts_awaiting_approval(
+    admin_client: Any, make_provider: Any
+) -> None:
+    make_provider(domains=("example.org",), require_approval=True)
+    waiting = create_account(
+        domain="example.org", local_part="juliet", password="balcony-at-midnight", created_via="api"
+    )
+    disabled = create_account(
+        domain="example.org", local_part="romeo", password="balcony-at-midnight", created_via="api"
+    )
+    MailAccount.objects.filter(pk=disabled.pk).update(status=AccountStatus.DISABLED)
+    listed = admin_client.get(f"{CHANGELIST}?status__exact=approval").content.decode()
+    assert "juliet@example.org" in listed
+    assert "romeo@example.org" not in listed
+
+    response = action(admin_client, "approve_accounts", [waiting, disabled])
+
+    assert "1 approved, 1 skipped (not awaiting approval)" in response.content.decode()
+    statuses = dict(MailAccount.objects.values_list("local_part", "status"))
+    assert statuses == {"juliet": AccountStatus.ACTIVE, "romeo": AccountStatus.DISABLED}
+
+
+def test_admin_delete_refused_by_the_mail_server_keeps_the_account(
+    admin_client: Any, account: MailAccount, settings: Any, tmp_path: Any
+) -> None:
+    script = tmp_path / "refuse.py"
+    script.write_text("import sys; sys.exit('mailbox is on legal hold')\n")
+    settings.MAILBOX_BACKEND = "command"
+    settings.MAILBOX_COMMAND = f"python3 {script}"
+
+    response = admin_client.post(f"{CHANGELIST}{account.pk}/delete/", {"post": "yes"}, follow=True)
+
+    assert "mailbox is on legal hold" in response.content.decode()
+    account.refresh_from_db()
+    assert account.mailbox_state == MailboxState.READY
+    assert ThirdPartyID.objects.filter(account=account).exists()
+
+
+def test_admin_filters_accounts_by_mailbox_state(admin_client: Any, account: MailAccount) -> None:
+    MailAccount.objects.update(mailbox_state=MailboxState.CREATING)
+
+    listed = admin_client.get(f"{CHANGELIST}?mailbox_state__exact=creating").content.decode()
+
+    assert "juliet@example.org" in listed
+    assert "being created" in listed

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from imapclient import IMAPClient
@@ -11,7 +15,7 @@ from imapclient.exceptions import LoginError
 
 from accounts import passwords
 from accounts.dovecot import LOOPBACK, PrivateDovecot
-from accounts.models import AccountStatus, MailAccount
+from accounts.models import AccountStatus, MailAccount, MailboxState
 from accounts.services.accounts import (
     create_account,
     delete_account,
@@ -215,3 +219,103 @@ def test_sessions_lists_each_connected_session(dovecot: PrivateDovecot, provider
 
     assert len(mine) == 2
     assert {(s.protocol, s.ip) for s in mine} == {("imap", LOOPBACK)}
+
+
+# ----- open sessions end with the change (doveadm HTTP API) ---------------------------------
+
+
+def read_until_closed(connection: socket.socket) -> bytes:
+    """Everything the server still sends until it closes the connection (or 10 s pass)."""
+    received = b""
+    connection.settimeout(10)
+    with contextlib.suppress(TimeoutError, ConnectionResetError):
+        while chunk := connection.recv(4096):
+            received += chunk
+    return received
+
+
+@contextmanager
+def raw_session(dovecot: PrivateDovecot, address: str, password: str) -> Iterator[socket.socket]:
+    """A logged-in IMAP connection as a plain socket, closed afterwards whatever happens."""
+    with socket.create_connection((LOOPBACK, dovecot.port), timeout=10) as connection:
+        assert connection.recv(4096).startswith(b"* OK")
+        connection.sendall(f'a LOGIN "{address}" "{password}"\r\n'.encode())
+        assert b"a OK" in connection.recv(4096)
+        yield connection
+
+
+@pytest.mark.parametrize("change", ["disable", "set_password", "delete"])
+def test_a_change_that_refuses_logins_ends_open_sessions(
+    dovecot: PrivateDovecot, dovecot_api: None, provider: Provider, change: str
+) -> None:
+    account = new_account()
+    bystander = new_account(local_part="romeo")
+    with (
+        raw_session(dovecot, account.address, PASSWORD) as session,
+        raw_session(dovecot, bystander.address, PASSWORD) as other,
+    ):
+        if change == "disable":
+            set_status(account=account, status=AccountStatus.DISABLED)
+        elif change == "set_password":
+            set_password(account=account, password="Nightingale-not-lark-7")
+        else:
+            delete_account(account=account)
+
+        assert b"* BYE" in read_until_closed(session)
+        other.sendall(b"b NOOP\r\n")  # only that account's sessions end
+        assert b"b OK" in other.recv(4096)
+        assert wait_for(lambda: {s.username for s in dovecot.sessions()} == {bystander.address})
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 5) -> bool:
+    """Whether `condition` becomes true within `seconds` (Dovecot's books settle quickly)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_without_the_doveadm_api_a_change_still_commits(
+    dovecot: PrivateDovecot, provider: Provider, settings: Any
+) -> None:
+    settings.DOVEADM_API_URL = f"http://{LOOPBACK}:9"  # configured, but nothing answers
+    settings.DOVEADM_API_KEY = "a-key-that-reaches-nobody"
+    account = new_account()
+
+    set_status(account=account, status=AccountStatus.DISABLED)
+
+    assert MailAccount.objects.get().status == AccountStatus.DISABLED
+    assert not logs_in(dovecot, account.address, PASSWORD)
+
+
+# ----- approval and unfinished creations (RELIABILITY.md check 4) ---------------------------
+
+
+def test_an_account_awaiting_approval_logs_in_nowhere_until_approved(
+    dovecot: PrivateDovecot, make_provider: Callable[..., Provider]
+) -> None:
+    make_provider(require_approval=True)
+    account = create_account(
+        domain="example.org", local_part="juliet", password=PASSWORD, created_via="api"
+    )
+    assert account.status == AccountStatus.APPROVAL
+
+    # IMAP, and the passdb Postfix asks for SMTP AUTH (dovecot SASL): both refuse.
+    assert not logs_in(dovecot, account.address, PASSWORD)
+    assert not dovecot.auth_test(account.address, PASSWORD)
+
+    set_status(account=account, status=AccountStatus.ACTIVE)
+
+    assert logs_in(dovecot, account.address, PASSWORD)
+    assert dovecot.auth_test(account.address, PASSWORD)
+
+
+def test_an_account_still_being_created_does_not_log_in(
+    dovecot: PrivateDovecot, provider: Provider
+) -> None:
+    account = new_account()
+    MailAccount.objects.filter(pk=account.pk).update(mailbox_state=MailboxState.CREATING)
+
+    assert not logs_in(dovecot, account.address, PASSWORD)

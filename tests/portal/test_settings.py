@@ -125,3 +125,21 @@ def test_typo_in_environment_fails_at_start_naming_the_variable() -> None:
 
     assert result.returncode != 0
     assert "PORTAL_DEBUG" in result.stderr
+
+
+def test_suggestion_source_address_must_be_an_address() -> None:
+    result = run_manage("check", env={"PORTAL_SUGGESTION_SOURCE_ADDRESS": "eth0"})
+
+    assert result.returncode != 0
+    assert "PORTAL_SUGGESTION_SOURCE_ADDRESS" in result.stderr
+
+
+def test_an_empty_suggestion_user_agent_keeps_the_default() -> None:
+    result = run_manage(
+        "shell",
+        "-c",
+        "from django.conf import settings; print(settings.SUGGESTION_USER_AGENT)",
+        env={"PORTAL_SUGGESTION_USER_AGENT": "", "PORTAL_BASE_URL": "https://p.example"},
+    )
+
+    assert result.stdout.strip().splitlines()[-1] == "mailportal-suggestions/1 (+https://p.example)"

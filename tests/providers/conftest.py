@@ -1,13 +1,33 @@
-"""Fixtures of the providers tests: our clientConfig validator (specs/autoconfig.md)."""
+"""Fixtures of the providers tests: our clientConfig validator (specs/autoconfig.md), fake
+remote providers (real local HTTP servers) and a real Celery worker for the fan-out."""
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+import json
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from django.conf import settings as django_settings
+
+from providers.models import Provider
+from tests.conftest import need_service
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_validator() -> ModuleType:
@@ -25,3 +45,241 @@ def validate_clientconfig() -> Callable[[bytes], list[str]]:
     """Problems our validator finds in a clientConfig document (empty: valid)."""
     validate: Callable[[bytes], list[str]] = _load_validator().validate
     return validate
+
+
+# ----- fake remote providers and a real Celery worker (the suggestion fan-out) --------------
+
+
+@dataclass
+class Hit:
+    """One request a fake provider received."""
+
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    client: str
+    client_port: int
+
+
+@dataclass
+class FakeProvider:
+    """A real local HTTP server playing a remote provider's suggestion API.
+
+    `answer(handler)` decides what it does; the default answers one suggestion entry after
+    `delay` seconds. `hits` records every request, `url` is where it listens.
+    """
+
+    delay: float = 0.0
+    status: int = 200
+    body: bytes | None = None
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    mode: str = "answer"  # "answer", "reset" (RST without an answer), "drip" (slow body)
+    host: str = "127.0.0.1"
+    # Per path: (status, headers, body) instead of the settings above.
+    routes: dict[str, tuple[int, dict[str, str], bytes]] = field(default_factory=dict)
+    hits: list[Hit] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://{self.host}:{self.server.server_address[1]}/suggest"
+
+    def default_body(self, query: dict[str, list[str]]) -> bytes:
+        first = query.get("first_name", [""])[0].lower() or "x"
+        last = query.get("last_name", [""])[0].lower() or "y"
+        port = self.server.server_address[1] if self.server else 0
+        entry = {"succeeded": True, "addresses": [f"{first}.{last}@p{port}.example"], "price": 0}
+        return json.dumps(entry).encode()
+
+
+def _handler_for(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            parts = urlsplit(self.path)
+            query = parse_qs(parts.query)
+            fake.hits.append(
+                Hit(parts.path, query, dict(self.headers.items()), *self.client_address[:2])
+            )
+            if parts.path in fake.routes:
+                status, headers, body = fake.routes[parts.path]
+                self.send_response(status)
+                headers = {"Content-Length": str(len(body)), **headers}
+                for name, value in headers.items():
+                    if value:  # "" leaves the header out
+                        self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+                self.close_connection = not headers["Content-Length"]
+                return
+            if fake.delay:
+                time.sleep(fake.delay)
+            if fake.mode == "reset":
+                # SO_LINGER 0: close() sends RST, the client sees "connection reset".
+                self.connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+                self.connection.close()
+                self.close_connection = True
+                return
+            body = fake.body if fake.body is not None else fake.default_body(query)
+            self.send_response(fake.status)
+            self.send_header("Content-Type", fake.content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in fake.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            if fake.mode == "drip":
+                for byte in body:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            else:
+                self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # quiet: pytest's capture would hold it
+
+    return Handler
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hangs up early (size cap, timeout) is what some tests do
+
+
+@pytest.fixture
+def fake_provider() -> Iterator[Callable[..., FakeProvider]]:
+    """Start fake remote providers: `fake_provider(delay=0.1)`, `fake_provider(status=500)`."""
+    started: list[FakeProvider] = []
+
+    def start(**options: Any) -> FakeProvider:
+        fake = FakeProvider(**options)
+        server = _QuietServer((fake.host, 0), _handler_for(fake))
+        fake.server = server
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        started.append(fake)
+        return fake
+
+    yield start
+    for fake in started:
+        assert fake.server is not None
+        fake.server.shutdown()
+        fake.server.server_close()
+
+
+@pytest.fixture
+def hosted(make_provider: Callable[..., Provider]) -> Provider:
+    """A hosted provider that the provider list offers (hosted.example)."""
+    return make_provider(
+        domains=("hosted.example",),
+        tos_url="https://hosted.example/tos",
+        privacy_url="https://hosted.example/privacy",
+        name="Hosted Mail",
+    )
+
+
+@pytest.fixture
+def make_remote_provider(
+    make_provider: Callable[..., Provider],
+) -> Callable[..., Provider]:
+    """A saved remote provider whose suggestion API is `url` (defaults: listable, 1 s limit)."""
+
+    def make(url: str, *, domain: str, **fields: Any) -> Provider:
+        values = {
+            "hosted": False,
+            "registration_url": f"https://{domain}/signup?email={{email}}",
+            "suggestion_url": url,
+            "tos_url": f"https://{domain}/tos",
+            "privacy_url": f"https://{domain}/privacy",
+            "suggestion_timeout": 1.0,
+            "name": domain,
+            "short_name": domain.split(".")[0],
+            **fields,
+        }
+        return make_provider(domains=(domain,), servers=(), **values)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def celery_worker() -> Iterator[str]:
+    """A real Celery worker process on the `suggest` queue, through the configured Redis.
+
+    Its broker and results are REDIS_URL's database (the test run's own), so no other
+    checkout's worker consumes its tasks. Fails under REQUIRE_SERVICES without Redis.
+    """
+    if not django_settings.HAS_REDIS:
+        need_service("Redis", "REDIS_URL is not set: no broker for a worker")
+    name = f"suggest-test-{uuid.uuid4().hex[:8]}@%h"
+    log_path = Path(tempfile.mkstemp(prefix="celery-worker-", suffix=".log")[1])
+    command = [
+        sys.executable, "-m", "celery", "-A", "portal", "worker",
+        "-Q", "suggest", "-P", "threads", "-c", "16", "-n", name,
+        "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "WARNING",
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        _wait_for_worker(process, log_path)
+        yield name
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        log_path.unlink(missing_ok=True)
+
+
+def _wait_for_worker(process: subprocess.Popen[bytes], log: Path) -> None:
+    """Until the worker answers a real fan-out task (a provider that refuses connections)."""
+    from providers import tasks
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    request = {
+        "provider": "probe.invalid",
+        "url": f"http://127.0.0.1:{closed}/",
+        "params": {},
+        "timeout": 1.0,
+    }
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            need_service("Celery worker", f"exited: {log.read_text(errors='replace')[-2000:]}")
+        result = tasks.query_provider.apply_async((request,))
+        try:
+            answer = result.get(timeout=3)
+        except Exception:  # not consuming yet
+            result.forget()
+            continue
+        result.forget()
+        if answer["status"] == "error":
+            return
+    need_service("Celery worker", f"no answer in 60 s: {log.read_text(errors='replace')[-2000:]}")
+
+
+@pytest.fixture(params=["threads", "celery"])
+def fanout_mode(request: pytest.FixtureRequest, settings: Any) -> str:
+    """Run a test with remote providers asked from threads (no Redis) and by a Celery worker."""
+    if request.param == "celery":
+        request.getfixturevalue("celery_worker")
+        settings.CELERY_TASK_ALWAYS_EAGER = False
+    else:
+        settings.CELERY_TASK_ALWAYS_EAGER = True
+    mode: str = request.param
+    return mode
+
+
+@pytest.fixture
+def threads_mode(settings: Any) -> None:
+    """The fan-out without a worker: remote providers asked from this process's threads."""
+    settings.CELERY_TASK_ALWAYS_EAGER = True

@@ -180,3 +180,122 @@ def test_admin_lists_domains_and_suggestion_clients(admin_client: Any, make_prov
     assert admin_client.get("/admin/providers/providerdomain/").status_code == HTTPStatus.OK
     assert admin_client.get("/admin/providers/suggestionclient/").status_code == HTTPStatus.OK
     assert ServerSetting.objects.count() == 2
+
+
+# ----- suggestions: statistics, settings, client tokens ---------------------------------------
+
+
+def test_admin_provider_list_shows_the_last_days_suggestions_and_flags_a_failing_provider(
+    admin_client: Any, make_provider: Any
+) -> None:
+    from providers import provisioner
+    from providers.services import suggestion_stats
+
+    healthy = make_provider(domains=("healthy.example",), name="Healthy Mail")
+    failing = make_provider(domains=("failing.example",), name="Failing Mail")
+    ok = provisioner.hosted_answer("healthy.example", ["a@healthy.example"], 0, 40)
+    timeout = provisioner.failed("failing.example", provisioner.TIMEOUT, latency_ms=3000)
+    suggestion_stats.record([(healthy.pk, ok), (failing.pk, timeout)])
+    suggestion_stats.record([(healthy.pk, ok), (failing.pk, ok)])
+
+    response = admin_client.get("/admin/providers/provider/")
+
+    assert response.status_code == HTTPStatus.OK
+    content = response.content.decode()
+    assert "0% (0 timeouts, 0 errors)" in content
+    assert '<strong style="color:#ba2121">50% (1 timeouts, 0 errors)</strong>' in content
+    assert "40 / 40" in content
+    assert "1520 / 3000" in content
+    sorted_page = admin_client.get("/admin/providers/provider/", {"o": "-8"})
+    assert sorted_page.status_code == HTTPStatus.OK
+
+
+def test_admin_provider_page_summarises_suggestions_and_says_why_it_is_unlisted(
+    admin_client: Any, make_provider: Any
+) -> None:
+    provider = make_provider(registration="token")
+
+    response = admin_client.get(f"/admin/providers/provider/{provider.pk}/change/")
+
+    content = response.content.decode()
+    assert "No queries." in content
+    assert "no: terms of service URL, privacy policy URL, registration open to everyone" in content
+    assert f"/admin/providers/suggestionstat/?provider__id__exact={provider.pk}" in content
+
+
+def test_admin_hourly_suggestion_statistics_are_read_only(
+    admin_client: Any, make_provider: Any
+) -> None:
+    from providers import provisioner
+    from providers.models import SuggestionStat
+    from providers.services import suggestion_stats
+
+    provider = make_provider()
+    error = provisioner.failed("example.org", provisioner.ERROR, latency_ms=12)
+    suggestion_stats.record([(provider.pk, error)])
+    stat = SuggestionStat.objects.get()
+
+    listing = admin_client.get(
+        "/admin/providers/suggestionstat/", {"provider__id__exact": provider.pk}
+    )
+    detail = admin_client.get(f"/admin/providers/suggestionstat/{stat.pk}/change/")
+    add = admin_client.get("/admin/providers/suggestionstat/add/")
+    post = admin_client.post(f"/admin/providers/suggestionstat/{stat.pk}/change/", {"queries": 0})
+
+    assert listing.status_code == HTTPStatus.OK
+    assert "100%" in listing.content.decode()
+    assert detail.status_code == HTTPStatus.OK  # view only
+    assert add.status_code == HTTPStatus.FORBIDDEN
+    assert post.status_code == HTTPStatus.FORBIDDEN
+    assert SuggestionStat.objects.get().queries == 1
+
+
+def test_admin_suggestion_settings_take_both_numbers_or_neither(admin_client: Any) -> None:
+    from django.core.cache import cache
+
+    from providers.models import SUGGESTION_RATE_CACHE_KEY, SuggestionSettings
+
+    cache.delete(SUGGESTION_RATE_CACHE_KEY)  # the rate in force is cached for 30 s
+    url = "/admin/providers/suggestionsettings/add/"
+    half = admin_client.post(url, {"rate_count": "5", "rate_minutes": ""})
+    whole = admin_client.post(url, {"rate_count": "5", "rate_minutes": "10"})
+
+    assert half.status_code == HTTPStatus.OK
+    assert "Fill in both" in half.content.decode()
+    assert whole.status_code == HTTPStatus.FOUND
+    assert SuggestionSettings.current_rate() == "5/10m"
+    assert admin_client.get(url).status_code == HTTPStatus.FORBIDDEN  # one row only
+    assert admin_client.get("/admin/providers/suggestionsettings/").status_code == HTTPStatus.OK
+
+
+def test_admin_issues_suggestion_client_tokens_once_and_keeps_only_their_hash(
+    admin_client: Any, make_provider: Any
+) -> None:
+    from providers.models import SuggestionClient
+
+    make_provider()
+    first = SuggestionClient.objects.create(network="192.0.2.0/24", note="aggregator one")
+    second = SuggestionClient.objects.create(network="198.51.100.7/32")
+    url = "/admin/providers/suggestionclient/"
+
+    issued = admin_client.post(
+        url, {"action": "issue_tokens", "_selected_action": [first.pk, second.pk]}
+    )
+    first.refresh_from_db()
+    listing = admin_client.get(url).content.decode()
+    removed = admin_client.post(
+        url, {"action": "remove_tokens", "_selected_action": [first.pk]}, follow=True
+    )
+
+    content = issued.content.decode()
+    assert issued.status_code == HTTPStatus.OK
+    assert "shown this once" in content
+    assert "no-store" in issued["Cache-Control"]
+    assert content.count("<code>") == 2
+    token = content.split("<code>")[1].split("</code>")[0]
+    assert len(token) >= 43  # 32 random bytes
+    assert first.token_sha256 and first.token_sha256 not in content
+    assert token not in listing and first.token_sha256 not in listing
+    assert "1 tokens removed, 0 had none." in removed.content.decode()
+    assert SuggestionClient.objects.get(pk=first.pk).token_sha256 == ""
+    assert SuggestionClient.objects.get(pk=second.pk).token_sha256 != ""

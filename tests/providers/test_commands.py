@@ -95,3 +95,22 @@ def test_export_providers_writes_the_output_file_keeping_non_ascii(tmp_path: Pat
     text = output.read_text(encoding="utf-8")
     assert '"name": "Bücher Post"' in text
     assert json.loads(text) == catalog
+
+
+def test_purge_suggestion_stats_reports_the_rows_it_deleted() -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from providers.models import SuggestionStat, hour_of
+
+    run("import_providers", str(DEMO_FILE))
+    provider = Provider.objects.get()
+    now = hour_of(timezone.now())
+    SuggestionStat.objects.create(provider=provider, hour=now - timedelta(days=3))
+    SuggestionStat.objects.create(provider=provider, hour=now)
+
+    assert run("purge_suggestion_stats", "--days", "2") == "1 hourly suggestion counters deleted\n"
+    assert SuggestionStat.objects.count() == 1
+    with pytest.raises(CommandError, match="--days"):
+        run("purge_suggestion_stats", "--days", "-1")

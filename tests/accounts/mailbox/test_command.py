@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from accounts.mailbox import MailboxError
-from accounts.models import MailAccount
+from accounts.models import MailAccount, MailboxState
 from accounts.services.accounts import create_account, delete_account, set_password
 
 SCRIPT = """
@@ -93,7 +93,7 @@ def test_command_gets_set_password_and_delete(command: Path, make_provider: Any)
     ]
 
 
-def test_command_timeout_is_a_mailbox_error(
+def test_command_timeout_leaves_the_row_creating_for_the_reconciler(
     settings: Any, tmp_path: Path, make_provider: Any
 ) -> None:
     script = tmp_path / "slow.py"
@@ -103,7 +103,7 @@ def test_command_timeout_is_a_mailbox_error(
     settings.MAILBOX_COMMAND_TIMEOUT = 1
     make_provider(domains=("example.org",))
 
-    with pytest.raises(MailboxError):
+    with pytest.raises(MailboxError) as error:
         create_account(
             domain="example.org",
             local_part="juliet",
@@ -111,4 +111,8 @@ def test_command_timeout_is_a_mailbox_error(
             created_via="api",
         )
 
-    assert not MailAccount.objects.exists()
+    # The program may still have made the mailbox: the row stays, marked, and cannot log in.
+    assert error.value.outcome_unknown
+    (row,) = MailAccount.objects.all()
+    assert row.mailbox_state == MailboxState.CREATING
+    assert not MailAccount.objects.active().exists()

@@ -578,6 +578,7 @@ def test_account_rules_round_trip_and_defaults_stay_out_of_the_export() -> None:
                 ],
                 "passwordMinLength": 12,
                 "requireVerifiedEmail": True,
+                "requireApproval": True,
             }
         ]
     }
@@ -585,7 +586,44 @@ def test_account_rules_round_trip_and_defaults_stay_out_of_the_export() -> None:
     import_providers(data=data)
     (entry,) = export_providers()["providers"]
 
-    assert Provider.objects.get(slug="strict").require_verified_email is True
+    strict = Provider.objects.get(slug="strict")
+    assert (strict.require_verified_email, strict.require_approval) == (True, True)
     assert (entry["passwordMinLength"], entry["requireVerifiedEmail"]) == (12, True)
+    assert entry["requireApproval"] is True
     assert "usernameMinLength" not in entry
     assert import_providers(data=export_providers()).unchanged == 1
+
+
+def test_suggestion_settings_round_trip_and_are_exported_only_when_set() -> None:
+    data = {
+        "providers": [
+            provider_entry("quick", suggestionTimeout=1.5, suggestionCount=8),
+            provider_entry("plain"),
+        ]
+    }
+
+    import_providers(data=data)
+    entries = {entry["slug"]: entry for entry in export_providers()["providers"]}
+
+    quick = Provider.objects.get(slug="quick")
+    assert (quick.suggestion_timeout, quick.suggestion_count) == (1.5, 8)
+    assert (entries["quick"]["suggestionTimeout"], entries["quick"]["suggestionCount"]) == (1.5, 8)
+    assert "suggestionTimeout" not in entries["plain"]
+    assert import_providers(data=export_providers()).unchanged == 2
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("suggestionTimeout", "3", "Expected a number of seconds."),
+        ("suggestionTimeout", 0.01, "Ensure this value is greater than or equal to 0.2."),
+        ("suggestionCount", 1.5, "Expected a whole number."),
+        ("suggestionCount", 99, "Ensure this value is less than or equal to 20."),
+    ],
+)
+def test_suggestion_settings_refuse_wrong_values(key: str, value: Any, message: str) -> None:
+    with pytest.raises(CatalogError) as refused:
+        import_providers(data={"providers": [provider_entry("quick", **{key: value})]})
+
+    assert f"providers[0] (quick): {key}: {message}" in str(refused.value)
+    assert not Provider.objects.exists()

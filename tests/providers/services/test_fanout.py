@@ -1,0 +1,474 @@
+"""The suggestion fan-out (providers.services.fanout), against real local HTTP servers.
+
+The issue's first "tests must show" item runs twice: remote providers asked by a real
+Celery worker through Redis (fixture `celery_worker`), and from threads without Redis.
+RELIABILITY.md checks 23 (hostile provider answers) and 24 (partial provider failure).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from accounts.services.accounts import create_account
+from providers import provisioner
+from providers.models import Provider, SuggestionStat
+from providers.provisioner import Answer
+from providers.services import fanout
+from providers.services.suggest import NameQuery
+
+JULIET = NameQuery(first_name="Juliet", last_name="Capulet")
+
+
+@pytest.fixture(autouse=True)
+def _no_cache(settings: Any) -> None:
+    # Each test asks fresh; the cache has tests of its own.
+    settings.SUGGESTION_CACHE_SECONDS = 0
+    settings.SUGGESTION_GRACE = 0.3
+
+
+def by_provider(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {entry["provider"]: entry for entry in entries}
+
+
+# ----- the issue's scenario -------------------------------------------------------------------
+
+
+def test_fanout_answers_in_about_the_timeout_with_the_good_providers_and_right_statuses(
+    fanout_mode: str,
+    fake_provider: Callable[..., Any],
+    make_remote_provider: Callable[..., Provider],
+    hosted: Provider,
+) -> None:
+    quick = fake_provider(delay=0.1)
+    slow = fake_provider(delay=3.0)
+    broken = fake_provider(body=b'{"succeeded": true, "addresses": [')
+    make_remote_provider(quick.url, domain="quick.example")
+    make_remote_provider(slow.url, domain="slow.example")
+    make_remote_provider(broken.url, domain="broken.example")
+
+    started = time.monotonic()
+    result = fanout.collect_suggestions(query=JULIET)
+    elapsed = time.monotonic() - started
+
+    # The time limit is 1 s and the grace 0.3 s; the delays add up to 3.1 s.
+    assert 0.9 <= elapsed < 1.9, elapsed
+    entries = by_provider(result.entries)
+    assert set(entries) == {"quick.example", "slow.example", "broken.example", "hosted.example"}
+    assert entries["quick.example"] == {
+        "provider": "quick.example",
+        "succeeded": True,
+        "addresses": [f"juliet.capulet@p{quick.server.server_address[1]}.example"],
+        "price": 0,
+    }
+    assert entries["hosted.example"]["succeeded"] is True
+    assert entries["hosted.example"]["addresses"][:2] == [
+        "juliet.capulet@hosted.example",
+        "julietcapulet@hosted.example",
+    ]
+    assert entries["slow.example"]["succeeded"] is False
+    assert entries["slow.example"]["status"] == "timeout"
+    assert entries["broken.example"]["succeeded"] is False
+    assert entries["broken.example"]["status"] == "error"
+    assert result.partial
+    # Each remote provider was asked exactly once, with the names, saying who asks.
+    for fake in (quick, slow, broken):
+        assert len(fake.hits) == 1
+        assert fake.hits[0].query["first_name"] == ["Juliet"]
+        assert fake.hits[0].query["last_name"] == ["Capulet"]
+        assert fake.hits[0].headers["User-Agent"].startswith("mailportal-suggestions/1 (+")
+
+
+def test_fanout_keeps_diagnostic_keys_off_successful_entries(
+    threads_mode: None,
+    fake_provider: Callable[..., Any],
+    make_remote_provider: Callable[..., Provider],
+    hosted: Provider,
+) -> None:
+    good = fake_provider()
+    make_remote_provider(good.url, domain="good.example")
+
+    entries = fanout.collect_suggestions(query=JULIET).entries
+
+    for entry in entries:
+        assert entry["succeeded"] is True
+        assert "status" not in entry
+        assert "latency_ms" not in entry
+    debug = fanout.collect_suggestions(query=JULIET, debug=True).entries
+    assert all(entry["status"] == "ok" and entry["latency_ms"] >= 0 for entry in debug)
+
+
+def test_fanout_asks_remote_providers_in_parallel_without_redis(
+    threads_mode: None,
+    fake_provider: Callable[..., Any],
+    make_remote_provider: Callable[..., Provider],
+) -> None:
+    fakes = [fake_provider(delay=0.3) for _ in range(5)]
+    for index, fake in enumerate(fakes):
+        make_remote_provider(fake.url, domain=f"p{index}.example")
+
+    started = time.monotonic()
+    result = fanout.collect_suggestions(query=JULIET)
+    elapsed = time.monotonic() - started
+
+    assert [entry["succeeded"] for entry in result.entries] == [True] * 5
+    assert elapsed < 1.0, elapsed  # one after another would take 1.5 s
+
+
+# ----- check 24: partial provider failure -----------------------------------------------------
+
+
+def test_fanout_reports_timeout_500_and_reset_and_still_answers_before_the_deadline(
+    fanout_mode: str,
+    fake_provider: Callable[..., Any],
+    make_remote_provider: Callable[..., Provider],
+    hosted: Provider,
+) -> None:
+    good = fake_provider(delay=0.05)
+    make_remote_provider(good.url, domain="good.example")
+    make_remote_provider(fake_provider(delay=5).url, domain="stalls.example")
+    make_remote_provider(fake_provider(status=500, body=b"oops").url, domain="fails.example")
+    make_remote_provider(fake_provider(mode="reset").url, domain="resets.example")
+
+    started = time.monotonic()
+    result = fanout.collect_suggestions(query=JULIET)
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 3.0, elapsed  # RELIABILITY.md: within the deadline (e.g. 3 s)
+    statuses = {answer.provider: answer.status for answer in result.answers}
+    assert statuses == {
+        "good.example": "ok",
+        "stalls.example": "timeout",
+        "fails.example": "error",
+        "resets.example": "error",
+        "hosted.example": "ok",
+    }
+    assert result.partial
+    assert by_provider(result.entries)["good.example"]["addresses"]
+
+
+def test_fanout_reports_an_unreachable_provider_as_error(
+    threads_mode: None, make_remote_provider: Callable[..., Provider], free_port: int
+) -> None:
+    make_remote_provider(f"http://127.0.0.1:{free_port}/", domain="down.example")
+
+    result = fanout.collect_suggestions(query=JULIET)
+
+    assert result.entries == [
+        {
+            "provider": "down.example",
+            "succeeded": False,
+            "status": "error",
+            "latency_ms": result.entries[0]["latency_ms"],
+        }
+    ]
+
+
+# ----- check 23: hostile provider answers -----------------------------------------------------
+
+XXE_FILE = b"""<?xml version="1.0"?>
+<!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>
+<r><addresses>&x;</addresses></r>"""
+
+BILLION_LAUGHS = (
+    b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
+    + b"".join(
+        f'<!ENTITY lol{n} "{("&lol" + (str(n - 1) if n > 1 else "") + ";") * 10}">'.encode()
+        for n in range(1, 10)
+    )
+    + b"]><lolz>&lol9;</lolz>"
+)
+
+
+class EntityListener:
+    """A TCP listener an external entity would have to connect to; counts connections."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(5)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(2)
+        self.sock.close()
+
+
+@pytest.mark.parametrize("content_type", ["text/xml", "application/json"])
+def test_fanout_drops_hostile_provider_answers_and_keeps_the_others(
+    threads_mode: None,
+    fake_provider: Callable[..., Any],
+    make_remote_provider: Callable[..., Provider],
+    hosted: Provider,
+    settings: Any,
+    caplog: pytest.LogCaptureFixture,
+    content_type: str,
+) -> None:
+    settings.SUGGESTION_MAX_RESPONSE_BYTES = 65_536
+    listener = EntityListener()
+    xxe_http = (
+        b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "http://127.0.0.1:'
+        + str(listener.port).encode()
+        + b'/">]><r>&x;</r>'
+    )
+    hostile = {
+        "xxe-file.example": XXE_FILE,
+        "xxe-http.example": xxe_http,
+        "laughs.example": BILLION_LAUGHS,
+        "huge.example": b'{"addresses": ["' + b"a" * 1_100_000 + b'@x.example"]}',
+        "deep.example": b"[" * 10_000 + b"]" * 10_000,
+        "deep-xml.example": b"<a>" * 10_000 + b"</a>" * 10_000,
+    }
+    for domain, body in hostile.items():
+        make_remote_provider(fake_provider(body=body, content_type=content_type).url, domain=domain)
+    good = fake_provider(delay=0.05)
+    make_remote_provider(good.url, domain="good.example")
+
+    try:
+        started = time.monotonic()
+        with caplog.at_level("WARNING", logger="providers.services.fanout"):
+            result = fanout.collect_suggestions(query=JULIET)
+        elapsed = time.monotonic() - started
+    finally:
+        listener.close()
+
+    statuses = {answer.provider: answer.status for answer in result.answers}
+    assert {domain: statuses[domain] for domain in hostile} == dict.fromkeys(hostile, "error")
+    assert statuses["good.example"] == "ok"
+    assert statuses["hosted.example"] == "ok"
+    assert elapsed < 1.3, elapsed  # before the deadline (1 s limit + 0.3 s grace)
+    assert listener.connections == 0
+    text = json.dumps(result.entries)
+    assert "root:" not in text and "lollol" not in text
+    dropped = {r.getMessage().split()[2] for r in caplog.records if "dropped" in r.getMessage()}
+    assert dropped == set(hostile)
+
+
+# ----- selection, cache, statistics ------------------------------------------------------------
+
+
+def test_fanout_asks_only_providers_serving_the_country_or_the_ones_named(
+    threads_mode: None,
+    fake_provider: Callable[..., Any],
+    make_remote_provider: Callable[..., Provider],
+    hosted: Provider,
+) -> None:
+    german = fake_provider()
+    french = fake_provider()
+    make_remote_provider(german.url, domain="de.example", countries="DE,AT")
+    make_remote_provider(french.url, domain="fr.example", countries="FR")
+
+    in_germany = fanout.collect_suggestions(query=NameQuery("Jürgen", "Müller", "DE"))
+    named = fanout.collect_suggestions(
+        query=JULIET, provider_ids=["fr.example", "nowhere.example", "hosted.example"]
+    )
+
+    assert {e["provider"] for e in in_germany.entries} == {"de.example", "hosted.example"}
+    assert german.hits[0].query["country"] == ["DE"]
+    assert french.hits[0].query.get("country") is None  # asked only by name, without country
+    assert [(e["provider"], e["succeeded"]) for e in named.entries] == [
+        ("fr.example", True),
+        ("nowhere.example", False),
+        ("hosted.example", True),
+    ]
+    assert named.entries[1]["status"] == "unknown"
+
+
+def test_fanout_leaves_out_disabled_and_unlisted_providers(
+    threads_mode: None,
+    fake_provider: Callable[..., Any],
+    make_remote_provider: Callable[..., Provider],
+    make_provider: Callable[..., Provider],
+) -> None:
+    fake = fake_provider()
+    make_remote_provider(fake.url, domain="off.example", enabled=False)
+    make_remote_provider(fake.url, domain="notos.example", tos_url="")
+    make_provider(
+        domains=("invite.example",),
+        registration="token",
+        tos_url="https://invite.example/tos",
+        privacy_url="https://invite.example/privacy",
+    )
+
+    assert fanout.collect_suggestions(query=JULIET).entries == []
+    assert fake.hits == []
+
+
+def test_fanout_answers_an_identical_query_from_the_cache_but_not_failures(
+    threads_mode: None,
+    fake_provider: Callable[..., Any],
+    make_remote_provider: Callable[..., Provider],
+    settings: Any,
+    free_port: int,
+) -> None:
+    settings.SUGGESTION_CACHE_SECONDS = 60
+    good = fake_provider()
+    make_remote_provider(good.url, domain="good.example")
+    make_remote_provider(f"http://127.0.0.1:{free_port}/", domain="down.example")
+
+    first = fanout.collect_suggestions(query=JULIET)
+    second = fanout.collect_suggestions(query=JULIET)
+    other = fanout.collect_suggestions(query=NameQuery("Romeo", "Montague"))
+
+    assert by_provider(second.entries)["good.example"] == by_provider(first.entries)["good.example"]
+    assert (first.cached, second.cached, other.cached) == (0, 1, 0)
+    assert len(good.hits) == 2  # Juliet once, Romeo once
+    assert [a.status for a in second.answers] == ["error", "ok"]  # the failure asked again
+
+
+def test_fanout_cache_forgets_a_provider_after_an_admin_edit(
+    threads_mode: None,
+    fake_provider: Callable[..., Any],
+    make_remote_provider: Callable[..., Provider],
+    settings: Any,
+) -> None:
+    settings.SUGGESTION_CACHE_SECONDS = 60
+    good = fake_provider()
+    provider = make_remote_provider(good.url, domain="good.example")
+    fanout.collect_suggestions(query=JULIET)
+    provider.name = "Renamed"
+    provider.save()
+
+    fanout.collect_suggestions(query=JULIET)
+
+    assert len(good.hits) == 2
+
+
+def test_fanout_counts_each_asked_provider_in_this_hours_statistics(
+    threads_mode: None,
+    fake_provider: Callable[..., Any],
+    make_remote_provider: Callable[..., Provider],
+    hosted: Provider,
+    free_port: int,
+) -> None:
+    good = make_remote_provider(fake_provider(delay=0.05).url, domain="good.example")
+    down = make_remote_provider(f"http://127.0.0.1:{free_port}/", domain="down.example")
+    slow = make_remote_provider(fake_provider(delay=3).url, domain="slow.example")
+
+    fanout.collect_suggestions(query=JULIET)
+    fanout.collect_suggestions(query=NameQuery("Romeo", "Montague"))
+
+    stats = {s.provider_id: s for s in SuggestionStat.objects.all()}
+    assert set(stats) == {good.pk, down.pk, slow.pk, hosted.pk}
+    assert (stats[good.pk].queries, stats[good.pk].succeeded) == (2, 2)
+    assert stats[good.pk].addresses == 2
+    assert 50 <= stats[good.pk].latency_ms_max < 1000
+    assert (stats[down.pk].queries, stats[down.pk].errors) == (2, 2)
+    assert (stats[slow.pk].queries, stats[slow.pk].timeouts) == (2, 2)
+    assert stats[hosted.pk].succeeded == 2
+    assert stats[hosted.pk].addresses == 10  # five each
+
+
+def test_fanout_hosted_suggestions_skip_taken_addresses(
+    threads_mode: None, hosted: Provider, transactional_db: None
+) -> None:
+    create_account(
+        domain="hosted.example",
+        local_part="juliet.capulet",
+        password="romeo-and-juliet-42",
+        created_via="admin",
+    )
+
+    entry = fanout.collect_suggestions(query=JULIET).entries[0]
+
+    assert "juliet.capulet@hosted.example" not in entry["addresses"]
+    assert entry["addresses"][0] == "julietcapulet@hosted.example"
+
+
+def test_fanout_reports_error_for_every_remote_provider_when_the_broker_is_down(
+    settings: Any,
+    fake_provider: Callable[..., Any],
+    make_remote_provider: Callable[..., Provider],
+    hosted: Provider,
+    redis_client: Any,
+    free_port: int,
+) -> None:
+    from portal.celery import app
+
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    make_remote_provider(fake_provider().url, domain="good.example")
+    saved = app.conf.broker_url
+    app.conf.broker_url = f"redis://127.0.0.1:{free_port}/0"
+    app.pool.force_close_all()
+    try:
+        started = time.monotonic()
+        result = fanout.collect_suggestions(query=JULIET)
+        elapsed = time.monotonic() - started
+    finally:
+        app.conf.broker_url = saved
+        app.pool.force_close_all()
+
+    statuses = {answer.provider: answer.status for answer in result.answers}
+    assert statuses == {"good.example": "error", "hosted.example": "ok"}
+    assert elapsed < 3.0
+
+
+# ----- pure parts -------------------------------------------------------------------------------
+
+
+def test_collate_gives_one_entry_per_provider_in_order_and_timeouts_for_the_missing() -> None:
+    answers = {
+        "b.example": provisioner.hosted_answer("b.example", ["x@b.example"], 0),
+        "c.example": provisioner.failed("c.example", provisioner.ERROR, "HTTP 500"),
+    }
+
+    collated = fanout.collate(
+        ["a.example", "b.example", "c.example", "b.example", "z.example"],
+        answers,
+        unknown=["z.example"],
+    )
+
+    assert [(a.provider, a.status) for a in collated] == [
+        ("a.example", "timeout"),
+        ("b.example", "ok"),
+        ("c.example", "error"),
+        ("z.example", "unknown"),
+    ]
+
+
+def test_remote_request_and_answer_survive_the_broker_as_json() -> None:
+    request = fanout.RemoteRequest(
+        provider="p.example", url="https://p.example/s", params={"first_name": "Zoë"}, timeout=2.5
+    )
+    answer = Answer(
+        provider="p.example",
+        status="ok",
+        addresses=("a@p.example", {"address": "b@p.example", "price": 5}),
+        extra=(("price", 0), ("token", "abc")),
+        latency_ms=12,
+    )
+
+    assert fanout.RemoteRequest.from_json(json.loads(json.dumps(request.as_json()))) == request
+    assert Answer.from_json(json.loads(json.dumps(answer.as_json()))) == answer
+
+
+def test_parse_provider_ids_refuses_more_than_fifty() -> None:
+    assert fanout.parse_provider_ids(" A.example, b.example,a.example ") == [
+        "a.example",
+        "b.example",
+    ]
+    assert fanout.parse_provider_ids("") is None
+    with pytest.raises(fanout.InvalidInput) as refused:
+        fanout.parse_provider_ids(",".join(f"p{n}.example" for n in range(51)))
+    assert refused.value.code == "too_many_providers"

@@ -1,0 +1,181 @@
+"""GET /providers/<slug>/suggest: this portal as a hosted provider's suggestion engine.
+
+RELIABILITY.md check 12: only callers on the allow-list get an answer, by peer address
+(never a header), networks as networks, and a token check that fails closed.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import json
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import pytest
+from django.test import Client
+
+from accounts.services.accounts import create_account
+from providers.models import Provider, SuggestionClient
+from providers.services import suggestion_clients
+
+URL = "/providers/example/suggest"
+QUERY = {"first_name": "Juliet", "last_name": "Capulet", "country": "DE"}
+
+
+@pytest.fixture
+def provider(make_provider: Callable[..., Provider]) -> Provider:
+    return make_provider()
+
+
+def allow(network: str, provider: Provider | None = None) -> SuggestionClient:
+    row = SuggestionClient(network=network, provider=provider)
+    row.full_clean()
+    row.save()
+    return row
+
+
+def get(client: Client, ip: str, url: str = URL, **headers: Any) -> Any:
+    return client.get(url, QUERY, REMOTE_ADDR=ip, **headers)
+
+
+def test_allowed_caller_gets_one_suggestion_entry(client: Client, provider: Provider) -> None:
+    allow("192.0.2.10")
+    create_account(
+        domain="example.org",
+        local_part="juliet.capulet",
+        password="nurse-and-friar-7",
+        created_via="admin",
+    )
+
+    response = get(client, "192.0.2.10")
+
+    assert response.status_code == HTTPStatus.OK
+    assert response.json() == {
+        "provider": "example.org",
+        "succeeded": True,
+        "addresses": [
+            "julietcapulet@example.org",
+            "j.capulet@example.org",
+            "juliet.c@example.org",
+            "juliet_capulet@example.org",
+            "capulet.juliet@example.org",
+        ],
+        "price": 0,
+    }
+    assert "no-store" in response["Cache-Control"]
+
+
+def test_caller_outside_the_allow_list_gets_403_over_a_real_socket(
+    live_server: Any, make_provider: Callable[..., Provider]
+) -> None:
+    make_provider()
+    allow("127.0.0.1")
+    url = urlsplit(live_server.url)
+
+    def ask(source: str, **headers: str) -> tuple[int, dict[str, Any]]:
+        connection = http.client.HTTPConnection(
+            url.hostname or "", url.port, timeout=10, source_address=(source, 0)
+        )
+        try:
+            connection.request("GET", f"{URL}?{urlencode(QUERY)}", headers=headers)
+            answer = connection.getresponse()
+            return answer.status, json.loads(answer.read())
+        finally:
+            connection.close()
+
+    status, body = ask("127.0.0.2")
+    spoofed, _ = ask("127.0.0.2", **{"X-Forwarded-For": "127.0.0.1", "X-Real-IP": "127.0.0.1"})
+    allowed, entry = ask("127.0.0.1")
+
+    assert status == HTTPStatus.FORBIDDEN
+    assert body["code"] == "not_allowed"
+    assert spoofed == HTTPStatus.FORBIDDEN
+    assert allowed == HTTPStatus.OK
+    assert entry["addresses"][0] == "juliet.capulet@example.org"
+
+
+def test_an_address_entry_admits_that_address_only(client: Client, provider: Provider) -> None:
+    allow("10.0.0.10")
+
+    assert get(client, "10.0.0.10").status_code == HTTPStatus.OK
+    assert get(client, "10.0.0.100").status_code == HTTPStatus.FORBIDDEN
+    assert get(client, "10.0.0.1").status_code == HTTPStatus.FORBIDDEN
+
+
+def test_network_entries_behave_as_networks(client: Client, provider: Provider) -> None:
+    allow("198.51.100.0/25")
+    allow("2001:db8:1::/48")
+
+    assert get(client, "198.51.100.127").status_code == HTTPStatus.OK
+    assert get(client, "198.51.100.128").status_code == HTTPStatus.FORBIDDEN
+    assert get(client, "2001:db8:1:ffff::9").status_code == HTTPStatus.OK
+    assert get(client, "2001:db8:2::9").status_code == HTTPStatus.FORBIDDEN
+    assert get(client, "::ffff:198.51.100.7").status_code == HTTPStatus.OK  # IPv4-mapped peer
+
+
+def test_an_entry_of_another_provider_does_not_admit(
+    client: Client, provider: Provider, make_provider: Callable[..., Provider]
+) -> None:
+    other = make_provider(domains=("other.example",))
+    allow("192.0.2.20", provider=other)
+    allow("192.0.2.30", provider=provider)
+
+    assert get(client, "192.0.2.20").status_code == HTTPStatus.FORBIDDEN
+    assert get(client, "192.0.2.30").status_code == HTTPStatus.OK
+    assert get(client, "192.0.2.20", "/providers/other/suggest").status_code == HTTPStatus.OK
+
+
+def test_forwarded_for_counts_only_from_a_trusted_proxy(
+    client: Client, provider: Provider, settings: Any
+) -> None:
+    allow("192.0.2.10")
+    forged = get(client, "203.0.113.5", HTTP_X_FORWARDED_FOR="192.0.2.10")
+    settings.PORTAL_TRUSTED_PROXIES = [ipaddress.ip_network("203.0.113.0/24")]
+    proxied = get(client, "203.0.113.5", HTTP_X_FORWARDED_FOR="192.0.2.10")
+    proxied_stranger = get(client, "203.0.113.5", HTTP_X_FORWARDED_FOR="192.0.2.11")
+
+    assert forged.status_code == HTTPStatus.FORBIDDEN
+    assert proxied.status_code == HTTPStatus.OK
+    assert proxied_stranger.status_code == HTTPStatus.FORBIDDEN
+
+
+def test_a_network_with_a_token_fails_closed_without_it(client: Client, provider: Provider) -> None:
+    row = allow("192.0.2.10")
+    [(_, token)] = suggestion_clients.issue_tokens(client_ids=[row.pk])
+    row.refresh_from_db()
+
+    missing = get(client, "192.0.2.10")
+    wrong = get(client, "192.0.2.10", HTTP_AUTHORIZATION="Bearer not-the-token")
+    basic = get(client, "192.0.2.10", HTTP_AUTHORIZATION=f"Basic {token}")
+    right = get(client, "192.0.2.10", HTTP_AUTHORIZATION=f"Bearer {token}")
+    elsewhere = get(client, "192.0.2.99", HTTP_AUTHORIZATION=f"Bearer {token}")
+
+    assert [r.status_code for r in (missing, wrong, basic, elsewhere)] == [403] * 4
+    assert right.status_code == HTTPStatus.OK
+    assert len(row.token_sha256) == 64 and token not in row.token_sha256
+
+
+def test_unknown_disabled_or_remote_provider_is_404(
+    client: Client, provider: Provider, make_remote_provider: Callable[..., Provider]
+) -> None:
+    allow("192.0.2.10")
+    make_remote_provider("https://remote.example/s", domain="remote.example", slug="remote")
+    provider.enabled = False
+    provider.save()
+
+    for url in (URL, "/providers/nothing/suggest", "/providers/remote/suggest"):
+        response = get(client, "192.0.2.10", url)
+        assert response.status_code == HTTPStatus.NOT_FOUND
+        assert response.json()["code"] == "not_found"
+
+
+def test_bad_names_are_a_400_for_allowed_callers(client: Client, provider: Provider) -> None:
+    allow("192.0.2.10")
+
+    response = client.get(URL, {"first_name": "x" * 500}, REMOTE_ADDR="192.0.2.10")
+
+    assert response.status_code == HTTPStatus.BAD_REQUEST
+    assert response.json()["code"] == "name_too_long"
