@@ -294,6 +294,7 @@ def portal_server(transactional_db: None, tmp_path: Any) -> Iterator[Callable[..
             "PORTAL_ALLOWED_HOSTS": "127.0.0.1",
         }
         env.pop("REDIS_URL", None)
+        env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
         for name, value in overrides.items():
             if value is None:
                 env.pop(name, None)
@@ -326,13 +327,13 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def chromium() -> Iterator[Any]:
-    """One headless Chromium for the session; skips (fails under REQUIRE_SERVICES) without it.
+    """A headless Chromium; skips (fails under REQUIRE_SERVICES) without it.
 
-    Playwright's sync API keeps an event loop in this thread, which Django's ORM takes for an
-    async context: DJANGO_ALLOW_ASYNC_UNSAFE lets the tests query the database between
-    browser steps (test code only; the server under test runs in live_server's thread).
+    Per test, not per session: Playwright's sync API keeps an event loop in this thread
+    while it runs, and Django's ORM refuses to run beside one (SynchronousOnlyOperation) in
+    every later test. About a second per browser test.
     """
     from pathlib import Path
 
@@ -340,23 +341,22 @@ def chromium() -> Iterator[Any]:
         need_service("Chromium", f"{CHROMIUM} is missing (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            yield browser
-            browser.close()
-    finally:
-        if previous is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
 
 
 @pytest.fixture
-def page(chromium: Any) -> Iterator[Any]:
-    """A fresh browser context (no cookies) and page, English, phone-sized width allowed."""
+def page(chromium: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A fresh browser context (no cookies) and page, English.
+
+    Playwright's sync API keeps an event loop in this thread, which Django's ORM takes for an
+    async context: DJANGO_ALLOW_ASYNC_UNSAFE lets the test query the database between
+    browser steps. Set for this test only (Django's deploy check rightly refuses it), and
+    never passed to processes the portal_server fixture starts.
+    """
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     context = chromium.new_context(locale="en-US")
     page = context.new_page()
     yield page
