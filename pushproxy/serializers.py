@@ -11,8 +11,11 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from providers.serializers import ErrorOut  # the API's one {code, message} component
 from pushproxy import imap, webpush
 from pushproxy.models import PushSubscription, Status
+
+__all__ = ["ErrorOut"]
 
 MAX_URL_LENGTH = 2000
 MAX_PASSWORD_LENGTH = 1024
@@ -121,8 +124,3 @@ class SubscriptionOut(serializers.Serializer[Any]):
         if sub.last_event_at is None:
             return None
         return {"type": sub.last_event_type, "at": sub.last_event_at.isoformat()}
-
-
-class ErrorOut(serializers.Serializer[Any]):
-    code = serializers.CharField()
-    message = serializers.CharField()

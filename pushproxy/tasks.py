@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import shared_task
+from celery import current_app, shared_task
 
 
 @shared_task(
@@ -59,6 +59,19 @@ def deliver_push(self: Any, /, **kwargs: Any) -> str:
         raise self.retry(countdown=later.seconds) from None
     except delivery.TransientPushError as exc:
         raise self.retry(countdown=backoff(self.request.retries), exc=exc) from None
+
+
+def dispatch(task: Any, *, kwargs: dict[str, Any], **options: Any) -> Any:
+    """`task.apply_async`, or `task.apply` in this process without Redis (eager mode).
+
+    Celery's eager apply_async sets a process-global flag around the call and restores it
+    afterwards, without a lock (`denied_join_result`); pushes sent from session threads at
+    the same time as a request's own task left it stuck on, and every later `result.get()`
+    in the process was refused. `apply` runs the task the same way without touching it.
+    """
+    if current_app.conf.task_always_eager:
+        return task.apply(kwargs=kwargs, task_id=options.get("task_id"))
+    return task.apply_async(kwargs=kwargs, **options)
 
 
 def backoff(retries: int) -> float:

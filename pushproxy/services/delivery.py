@@ -26,7 +26,7 @@ from portal import netguard
 from portal.errors import PortalError
 from pushproxy import webpush
 from pushproxy.models import EndpointFormat, PushSubscription, Status
-from pushproxy.tasks import deliver_push
+from pushproxy.tasks import deliver_push, dispatch
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,8 @@ def enqueue_push(
 ) -> None:
     """Queue one push (queue `push`, CELERY_TASK_ROUTES). No database access here: sessions
     call it from their greenlets, and a greenlet must not open a connection."""
-    deliver_push.apply_async(
+    dispatch(
+        deliver_push,
         kwargs={
             "subscription": subscription,
             "generation": generation,
@@ -89,7 +90,7 @@ def enqueue_push(
             "exists": exists,
             "reason": reason,
             "event": event,
-        }
+        },
     )
 
 

@@ -36,6 +36,7 @@ from pushproxy.models import (
 )
 from pushproxy.services import monitors
 from pushproxy.services.delivery import RECONNECT, enqueue_push
+from pushproxy.tasks import dispatch
 from pushproxy.tasks import stop as stop_task
 from pushproxy.tasks import watch as watch_task
 
@@ -214,7 +215,7 @@ def _hand_off(
     if owner.queue is not None:
         options["queue"] = owner.queue
     try:
-        return watch_task.apply_async(kwargs=kwargs, **options)
+        return dispatch(watch_task, kwargs=kwargs, **options)
     except Exception:
         # The broker did not take it: the row is settled as failed below.
         logger.exception("handing subscription %s to its monitor failed", sub.public_id)
@@ -299,9 +300,10 @@ def _end_and_notify(sub: PushSubscription, event: str, reason: str) -> None:
 def stop_session(sub: PushSubscription) -> None:
     """Ask the owning monitor to log the session out (no push)."""
     if not settings.HAS_REDIS:
-        stop_task.apply_async(kwargs={"subscription": sub.public_id})  # eager: this process
+        dispatch(stop_task, kwargs={"subscription": sub.public_id})  # eager: this process
     elif sub.monitor and sub.monitor != monitors.EMBEDDED:
-        stop_task.apply_async(
+        dispatch(
+            stop_task,
             kwargs={"subscription": sub.public_id},
             queue=monitors.queue_name(sub.monitor),
             expires=300,
