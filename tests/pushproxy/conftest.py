@@ -255,3 +255,13 @@ def make_subscription(db: None) -> Callable[..., Any]:
         return PushSubscription.objects.create(**values)
 
     return make
+
+
+@pytest.fixture
+def sub(
+    make_subscription: Callable[..., Any], push_service: PushService, push_settings: Any
+) -> Any:
+    """An active subscription whose endpoints are /new and /reconnect on `push_service`."""
+    return make_subscription(
+        new_mail=push_service.url("/new"), reconnect=push_service.url("/reconnect")
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,17 +12,6 @@ from pushproxy.models import PushSubscription
 from tests.fakes.push_service import PushService, Rule
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def sub(
-    make_subscription: Callable[..., PushSubscription],
-    push_service: PushService,
-    push_settings: Any,
-) -> PushSubscription:
-    return make_subscription(
-        new_mail=push_service.url("/new"), reconnect=push_service.url("/reconnect")
-    )
 
 
 def _kwargs(sub: PushSubscription) -> dict[str, Any]:

@@ -18,17 +18,6 @@ from tests.fakes.user_agent import UserAgent, verify_vapid
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def sub(
-    make_subscription: Callable[..., PushSubscription],
-    push_service: PushService,
-    push_settings: Any,
-) -> PushSubscription:
-    return make_subscription(
-        new_mail=push_service.url("/new"), reconnect=push_service.url("/reconnect")
-    )
-
-
 def deliver(sub: PushSubscription, kind: str = "newMail", **kwargs: Any) -> str:
     options: dict[str, Any] = {
         "event": uuid.uuid4().hex,
