@@ -302,6 +302,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600),
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# How long a publish waits for a broker that does not answer: Celery's default (4 s, then
+# kombu's retries) held a web request about 6 s when Redis was down (measured here), longer
+# than the fan-out's deadline and the push API's wait; Redis on the LAN connects in
+# milliseconds.
+CELERY_BROKER_CONNECTION_TIMEOUT = 1.0
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Idempotency records older than 24 h and abandoned email verifications (hourly).
     "purge-registrations": {"task": "accounts.purge_registrations", "schedule": 3600.0},
