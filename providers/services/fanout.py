@@ -338,11 +338,7 @@ def _start_remote(remote: Sequence[Target], query: NameQuery) -> _Pending:
         for request in requests
     ]
     try:
-        # One connection attempt, no retries: kombu would otherwise keep reconnecting for
-        # broker_connection_timeout plus its back-off (about 6 s), past every deadline.
-        with tasks.query_provider.app.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=0)
-            result = group(signatures).apply_async(retry=False, connection=connection)
+        result = group(signatures).apply_async(retry=False)
     except Exception as exc:  # the broker's own errors (kombu, redis-py)
         logger.warning("suggestions: broker unavailable: %s", type(exc).__name__)
         failed = {
