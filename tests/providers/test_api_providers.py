@@ -42,7 +42,7 @@ def test_provider_list_answers_every_required_field(
         "paid": False,
         "languages": ["en", "de"],
         "api": "https://portal.example/register/example/"
-        "?first_name={firstname}&last_name={lastname}&email={email}",
+        "?email={email}&first_name={firstname}&last_name={lastname}",
         "tos_url": "https://example.org/tos",
         "privacy_url": "https://example.org/privacy",
         "sells_domain": False,

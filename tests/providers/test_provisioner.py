@@ -25,7 +25,7 @@ def test_listed_provider_entry_has_every_field_thunderbird_requires() -> None:
     assert set(provisioner.REQUIRED_LIST_FIELDS) <= set(entry)
     assert entry["api"] == (
         "https://portal.example/register/demo/"
-        "?first_name={firstname}&last_name={lastname}&email={email}"
+        "?email={email}&first_name={firstname}&last_name={lastname}"
     )
     assert "icon" not in entry
 

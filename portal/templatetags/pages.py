@@ -1,0 +1,27 @@
+"""{% field_widget %}: a form field's input tied to its hint and errors for screen readers."""
+
+from __future__ import annotations
+
+from django import forms, template
+from django.utils.safestring import SafeString
+
+register = template.Library()
+
+
+@register.simple_tag
+def field_widget(field: forms.BoundField, **attrs: str | bool) -> SafeString:
+    """The widget with aria-describedby naming its hint and error list, aria-invalid on error.
+
+    The ids match templates/includes/field.html: `<id>-hint` and `<id>-errors`.
+    """
+    described = []
+    if field.help_text:
+        described.append(f"{field.auto_id}-hint")
+    if field.errors:
+        described.append(f"{field.auto_id}-errors")
+        attrs["aria-invalid"] = "true"
+    if described:
+        attrs["aria-describedby"] = " ".join(described)
+    if field.field.required:
+        attrs["required"] = "required"
+    return field.as_widget(attrs=attrs)
