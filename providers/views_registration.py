@@ -304,8 +304,11 @@ def password(request: HttpRequest, slug: str) -> HttpResponse:
         return _password_page(request, provider, flow, form, HTTPStatus.BAD_REQUEST)
     except (AddressTaken, NameRefused) as exc:
         # Taken since it was chosen, or this finished form sent again: nothing was created.
-        retry = AddressForm(provider=provider, initial=_address_form(provider, flow).initial)
-        retry.add_error(None, registration.describe_error(exc))
+        retry = AddressForm(
+            {**_address_form(provider, flow).initial, "state": flow.sign()}, provider=provider
+        )
+        retry.is_valid()
+        retry.add_error("local_part", registration.describe_error(exc))
         offered = registration.alternatives(provider=provider, flow=flow, typed=flow.local_part)
         return _address_page(
             request, provider, flow, retry, alternatives=offered, status=HTTPStatus.CONFLICT

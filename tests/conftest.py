@@ -340,3 +340,30 @@ def page(chromium: Any) -> Iterator[Any]:
     page = context.new_page()
     yield page
     context.close()
+
+
+# ----- server-rendered forms (the registration pages; self-service pages alike) ------------
+
+
+def form_values(html: str | bytes, action: str) -> dict[str, str]:
+    """The fields a browser would send from the form whose action ends with `action`.
+
+    Hidden and text inputs with their values, checked checkboxes, selected options; no
+    submit buttons (add the one "clicked"). AssertionError if no such form is on the page.
+    """
+    import lxml.html
+
+    document = lxml.html.fromstring(html)
+    for form in document.forms:
+        if (form.action or "").endswith(action):
+            values: dict[str, str] = {}
+            for name, value in form.form_values():
+                values.setdefault(name, value)
+            return values
+    raise AssertionError(f"no form posting to …{action} on the page")
+
+
+@pytest.fixture
+def page_form() -> Callable[[str | bytes, str], dict[str, str]]:
+    """`page_form(html, action)`: see form_values."""
+    return form_values

@@ -16,7 +16,7 @@ from django.contrib.auth.password_validation import (
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, InterfaceError, OperationalError, models, transaction
 from django.utils import timezone
-from django.utils.translation import gettext
+from django.utils.translation import gettext, gettext_noop
 
 from accounts import passwords
 from accounts.mailbox import MailboxError, MailboxRequest, get_backend
@@ -72,13 +72,13 @@ class _PolicyFields:
     """The one thing the similarity validator asks of `_meta`: a readable field name."""
 
     names: ClassVar[dict[str, str]] = {
-        "local_part": "user name",
-        "full_name": "full name",
-        "email": "email address",
+        "local_part": gettext_noop("user name"),
+        "full_name": gettext_noop("full name"),
+        "email": gettext_noop("email address"),
     }
 
     def get_field(self, name: str) -> SimpleNamespace:
-        return SimpleNamespace(verbose_name=self.names[name])
+        return SimpleNamespace(verbose_name=gettext(self.names[name]))
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ def provider_form(
         "username_max_length": "32",
         "username_punctuation": ".-_",
         "password_min_length": "8",
+        "cancel_answer": "document",
         **fields,
     }
     data |= inline("domains", [{"name": d, "position": i} for i, d in enumerate(domains)])
