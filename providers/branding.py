@@ -18,7 +18,7 @@ DEFAULT_ACCENT = "#0b5cad"
 # WCAG 2.x contrast for normal text (success criterion 1.4.3, level AA).
 MIN_TEXT_CONTRAST = 4.5
 WHITE = "#ffffff"
-NEAR_BLACK = "#1b1b1b"  # the pages' text colour
+BLACK = "#000000"
 
 _HEX = re.compile(r"^#([0-9a-fA-F]{6})$")
 
@@ -74,9 +74,9 @@ def _darken(color: str, factor: float) -> str:
 def palette(accent: str = "") -> Palette:
     """The Palette of an accent colour ("" or invalid: the portal's default)."""
     accent = accent.lower() if accent and _HEX.match(accent) else DEFAULT_ACCENT
-    # Whichever of white and the text colour reads better on the accent; for any colour one
-    # of the two reaches 4.5:1 (white and near-black are 18:1 apart).
-    on_accent = max((WHITE, NEAR_BLACK), key=lambda text: contrast(accent, text))
+    # Whichever of white and black reads better on the accent: for any colour one of the two
+    # reaches 4.58:1 (the worst case is the luminance where both are equal, sqrt(21)).
+    on_accent = max((WHITE, BLACK), key=lambda text: contrast(accent, text))
     accent_text = accent
     factor = 1.0
     while contrast(accent_text, WHITE) < MIN_TEXT_CONTRAST:

@@ -57,7 +57,7 @@ def check_local_part(local_part: str, provider: Provider, reserved: frozenset[st
                 gettext("Use only the letters a-z, digits and %(punctuation)s.")
                 % {"punctuation": " ".join(punctuation)}
             )
-        raise NameRefused(gettext("Use only the letters a-z and digits."))
+        raise NameRefused(gettext("Use only the letters a-z, digits."))
     if local_part[0] in punctuation or local_part[-1] in punctuation:
         raise NameRefused(gettext("The user name cannot start or end with punctuation."))
     if any(a in punctuation and b in punctuation for a, b in itertools.pairwise(local_part)):

@@ -604,7 +604,7 @@ def test_the_page_carries_the_providers_colours_under_its_csp_nonce(
     style = lxml.html.fromstring(page.content).xpath("//style")[0]
     assert style.get("nonce") == nonce.group(1)
     assert "--accent: #ffd700" in style.text
-    assert "--on-accent: #1b1b1b" in style.text  # dark text on the light accent
+    assert "--on-accent: #000000" in style.text  # dark text on the light accent
     assert "--accent-text: #ffd700" not in style.text  # links use a darkened shade
 
 
