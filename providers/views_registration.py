@@ -9,8 +9,10 @@ JavaScript; the state between steps is signed (providers.services.registration).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -204,17 +206,31 @@ def start(request: HttpRequest, slug: str) -> HttpResponse:
     return _address_page(request, provider, flow, _address_form(provider, flow, local_part))
 
 
+def _flow_step(
+    view: Callable[[HttpRequest, Provider, Flow], HttpResponse],
+) -> Callable[[HttpRequest, str], HttpResponse]:
+    """What every step does first: find the provider, count the attempt against the rate
+    limit ("change address" is no attempt), read the signed state. Then `view` runs."""
+
+    @functools.wraps(view)
+    def step(request: HttpRequest, slug: str) -> HttpResponse:
+        provider = _provider(slug)
+        if not request.POST.get("edit") and (limited := _limited(request, provider)):
+            return limited
+        try:
+            flow = registration.read_flow(request.POST.get("state", ""), slug=slug)
+        except (FlowInvalid, FlowExpired) as exc:
+            return _flow_problem(request, provider, exc)
+        return view(request, provider, flow)
+
+    return step
+
+
 @strict_page
 @require_POST
-def token(request: HttpRequest, slug: str) -> HttpResponse:
-    provider = _provider(slug)
-    if limited := _limited(request, provider):
-        return limited
+@_flow_step
+def token(request: HttpRequest, provider: Provider, flow: Flow) -> HttpResponse:
     form = TokenForm(request.POST)
-    try:
-        flow = registration.read_flow(request.POST.get("state", ""), slug=slug)
-    except (FlowInvalid, FlowExpired) as exc:
-        return _flow_problem(request, provider, exc)
     if form.is_valid():
         try:
             flow = registration.redeem_invitation(
@@ -235,17 +251,11 @@ def token(request: HttpRequest, slug: str) -> HttpResponse:
 
 @strict_page
 @require_POST
-def address(request: HttpRequest, slug: str) -> HttpResponse:
+@_flow_step
+def address(request: HttpRequest, provider: Provider, flow: Flow) -> HttpResponse:
     """Check the chosen address (or an offered alternative); on success, the password step."""
-    provider = _provider(slug)
-    try:
-        flow = registration.read_flow(request.POST.get("state", ""), slug=slug)
-    except (FlowInvalid, FlowExpired) as exc:
-        return _flow_problem(request, provider, exc)
     if request.POST.get("edit"):  # "change address" from the password step: no check
         return _address_page(request, provider, flow, _address_form(provider, flow))
-    if limited := _limited(request, provider):
-        return limited
     form = AddressForm(request.POST, provider=provider)
     if not form.is_valid():
         return _address_page(request, provider, flow, form, status=HTTPStatus.BAD_REQUEST)
@@ -283,15 +293,9 @@ def address(request: HttpRequest, slug: str) -> HttpResponse:
 
 @strict_page
 @require_POST
-def password(request: HttpRequest, slug: str) -> HttpResponse:
+@_flow_step
+def password(request: HttpRequest, provider: Provider, flow: Flow) -> HttpResponse:
     """Create the account; answer its clientConfig with the literal username and password."""
-    provider = _provider(slug)
-    if limited := _limited(request, provider):
-        return limited
-    try:
-        flow = registration.read_flow(request.POST.get("state", ""), slug=slug)
-    except (FlowInvalid, FlowExpired) as exc:
-        return _flow_problem(request, provider, exc)
     form = _password_form(provider, request.POST)
     if not form.is_valid():
         return _password_page(request, provider, flow, form, HTTPStatus.BAD_REQUEST)
@@ -318,7 +322,7 @@ def password(request: HttpRequest, slug: str) -> HttpResponse:
             return _closed(request, provider)
         if exc.code == FlowInvalid.code:
             return _flow_problem(request, provider, exc)
-        logger.error("registration %s: %s (%s)", slug, exc.code, exc.message)
+        logger.error("registration %s: %s (%s)", provider.slug, exc.code, exc.message)
         return _document(
             provider, "ERROR", registration.describe_error(exc), HTTPStatus.SERVICE_UNAVAILABLE
         )

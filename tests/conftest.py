@@ -388,3 +388,25 @@ def form_values(html: str | bytes, action: str) -> dict[str, str]:
 def page_form() -> Callable[[str | bytes, str], dict[str, str]]:
     """`page_form(html, action)`: see form_values."""
     return form_values
+
+
+def http_post_json(
+    url: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    """POST `body` as JSON over real HTTP (a live test server); the status and parsed answer."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(  # noqa: S310 - the live test server's http URL
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **(headers or {})},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:  # noqa: S310
+            parsed: dict[str, Any] = json.loads(answer.read())
+            return answer.status, parsed
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())

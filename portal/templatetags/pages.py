@@ -10,7 +10,8 @@ register = template.Library()
 
 @register.simple_tag
 def field_widget(field: forms.BoundField, **attrs: str | bool) -> SafeString:
-    """The widget with aria-describedby naming its hint and error list, aria-invalid on error.
+    """The widget with aria-describedby naming its hint and error list; on error also
+    aria-invalid and autofocus (the first such field in the page gets the focus).
 
     The ids match templates/includes/field.html: `<id>-hint` and `<id>-errors`.
     """
@@ -20,6 +21,8 @@ def field_widget(field: forms.BoundField, **attrs: str | bool) -> SafeString:
     if field.errors:
         described.append(f"{field.auto_id}-errors")
         attrs["aria-invalid"] = "true"
+        # Without JavaScript: the browser puts the cursor on the first field to fix.
+        attrs["autofocus"] = True
     if described:
         attrs["aria-describedby"] = " ".join(described)
     if field.field.required:

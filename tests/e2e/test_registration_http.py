@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.client
 import http.cookiejar
-import json
 import secrets
 import socket
 import threading
@@ -29,7 +28,7 @@ from accounts import cpe3
 from accounts.dovecot import PrivateDovecot
 from accounts.models import MailAccount
 from providers.models import Provider
-from tests.conftest import form_values
+from tests.conftest import form_values, http_post_json
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -152,17 +151,7 @@ def _api_register(url: str, password: str) -> tuple[int, dict[str, Any]]:
         "to": ["example.org"],
         "payload": {"username": "juliet", "password": password, "thirdPIDs": []},
     }
-    request = urllib.request.Request(  # noqa: S310 - the live test server
-        url + "/api/v1/register",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as answer:  # noqa: S310
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    return http_post_json(url + "/api/v1/register", body)
 
 
 def test_twenty_concurrent_form_and_api_registrations_of_one_address_create_one(

@@ -49,6 +49,14 @@ def provider(make_provider: Callable[..., Provider]) -> Provider:
     return make_provider(**TERMS)
 
 
+@pytest.fixture
+def juliet_taken(provider: Provider) -> None:
+    """juliet@example.org exists already."""
+    MailAccount.objects.create(
+        domain=provider.domains.get(), local_part="juliet", password="x", created_via="admin"
+    )
+
+
 def html(response: Any) -> str:
     return str(response.content.decode())
 
@@ -155,11 +163,8 @@ def test_each_server_gets_its_own_literal_username(
 
 
 def test_a_taken_address_is_refused_next_to_the_field_with_free_alternatives(
-    client: Client, provider: Provider
+    client: Client, provider: Provider, juliet_taken: None
 ) -> None:
-    MailAccount.objects.create(
-        domain=provider.domains.get(), local_part="juliet", password="x", created_via="admin"
-    )
     page = to_password_step(client)
 
     assert page.status_code == HTTPStatus.BAD_REQUEST
@@ -171,11 +176,8 @@ def test_a_taken_address_is_refused_next_to_the_field_with_free_alternatives(
 
 
 def test_choosing_an_offered_alternative_leads_to_the_password_step(
-    client: Client, provider: Provider
+    client: Client, provider: Provider, juliet_taken: None
 ) -> None:
-    MailAccount.objects.create(
-        domain=provider.domains.get(), local_part="juliet", password="x", created_via="admin"
-    )
     taken = to_password_step(client)
     values = form_values(taken.content, "/address") | {"choose": "juliet.capulet@example.org"}
 
@@ -573,11 +575,8 @@ def test_the_entry_page_survives_raw_unencoded_names(client: Client, provider: P
 
 
 def test_the_pages_speak_german_when_the_browser_asks_for_it(
-    client: Client, provider: Provider
+    client: Client, provider: Provider, juliet_taken: None
 ) -> None:
-    MailAccount.objects.create(
-        domain=provider.domains.get(), local_part="juliet", password="x", created_via="admin"
-    )
     page = client.get(ENTRY, HTTP_ACCEPT_LANGUAGE="de-DE,de;q=0.9,en;q=0.5")
     taken = to_password_step(client, HTTP_ACCEPT_LANGUAGE="de")
 
