@@ -520,7 +520,9 @@ def test_attempts_over_the_limit_get_a_friendly_page_with_retry_after(
 ) -> None:
     settings.RATELIMIT_ENABLE = True
     settings.REGISTRATION_PAGE_RATE = "3/h"
-    address = f"2001:db8:{secrets.randbelow(0xFFFF):x}::1"  # Redis keeps counters across runs
+    address, other_address = (  # each its own /64 no earlier run counted (Redis keeps them)
+        f"2001:db8:{secrets.randbelow(0xFFFF):x}:{secrets.randbelow(0xFFFF):x}::1" for _ in range(2)
+    )
     page = client.get(ENTRY, REMOTE_ADDR=address)
     values = form_values(page.content, "/address")
 
@@ -534,7 +536,7 @@ def test_attempts_over_the_limit_get_a_friendly_page_with_retry_after(
     assert 0 < int(limited["Retry-After"]) <= 3600
     assert re.search(r"try again in \d+ minutes", html(limited))
     assert "no-store" in limited["Cache-Control"]
-    other = client.post(START + "address", values, REMOTE_ADDR="2001:db8:ffff:1::1")
+    other = client.post(START + "address", values, REMOTE_ADDR=other_address)
     assert other.status_code == HTTPStatus.OK
     # Leaving is never limited.
     assert client.post(START + "exit", {"action": "back"}, REMOTE_ADDR=address).status_code == 200
