@@ -86,12 +86,19 @@ def _address_page(
     *,
     alternatives: list[str] | None = None,
     status: int = HTTPStatus.OK,
+    restore_fragment: bool = False,
 ) -> TemplateResponse:
+    context = {
+        "form": form,
+        "state": flow.sign(),
+        "alternatives": alternatives or [],
+        "restore_fragment": restore_fragment,
+    }
     return _page(
         request,
         provider,
         "address.html",
-        {"form": form, "state": flow.sign(), "alternatives": alternatives or []},
+        context,
         status,
     )
 
@@ -203,7 +210,9 @@ def start(request: HttpRequest, slug: str) -> HttpResponse:
         return _closed(request, provider)
     if gate == Registration.TOKEN:
         return _page(request, provider, "token.html", {"form": TokenForm(), "state": flow.sign()})
-    return _address_page(request, provider, flow, _address_form(provider, flow, local_part))
+    # Only the entry page may take names from the URL's fragment (static/js/registration.js).
+    form = _address_form(provider, flow, local_part)
+    return _address_page(request, provider, flow, form, restore_fragment=True)
 
 
 def _flow_step(
