@@ -711,3 +711,52 @@ def test_characters_xml_cannot_carry_are_refused_before_anything_is_created(
     assert answer.status_code == HTTPStatus.BAD_REQUEST
     assert errors_of(answer, "password")
     assert not MailAccount.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("fields", "heading"),
+    [
+        ({"registration": "closed"}, "Die Registrierung ist geschlossen"),
+        ({"registration": "token"}, "Einladung erforderlich"),
+    ],
+)
+def test_the_entry_states_speak_german(
+    client: Client, make_provider: Callable[..., Provider], fields: dict[str, Any], heading: str
+) -> None:
+    make_provider(**fields)
+
+    page = client.get(ENTRY, HTTP_ACCEPT_LANGUAGE="de")
+
+    assert f"<h1>{heading}</h1>" in html(page)
+    assert "Anderen Anbieter oder andere Adresse wählen" in html(page)
+
+
+def test_the_later_pages_speak_german(
+    client: Client, make_provider: Callable[..., Provider], settings: Any
+) -> None:
+    make_provider(require_approval=True, cancel_answer="page", **TERMS)
+    german = {"HTTP_ACCEPT_LANGUAGE": "de"}
+    step = to_password_step(client, **german)
+    values = form_values(step.content, "/password")
+
+    weak = client.post(
+        START + "password", values | {"password": "x", "password_again": "y"}, **german
+    )
+    forged = client.post(START + "password", values | {"state": "forged"}, **german)
+    done = client.post(
+        START + "password",
+        values | {"password": PASSWORD, "password_again": PASSWORD, "accept_terms": "on"},
+        **german,
+    )
+    goodbye = client.post(START + "exit", {"action": "cancel"}, **german)
+    settings.RATELIMIT_ENABLE = True
+    settings.REGISTRATION_PAGE_RATE = "0/h"
+    limited = client.post(START + "address", values, **german)
+
+    assert "<h1>Passwort wählen</h1>" in html(step)
+    assert "Mindestens 8 Zeichen" in html(step)
+    assert errors_of(weak, "password_again") == ["Die beiden Passwörter stimmen nicht überein."]
+    assert "<h1>Bitte beginnen Sie erneut</h1>" in html(forged)
+    assert "<h1>Ihr Konto wartet auf Freigabe</h1>" in html(done)
+    assert "<h1>Kein Konto angelegt</h1>" in html(goodbye)
+    assert "<h1>Bitte warten Sie etwas</h1>" in html(limited)
