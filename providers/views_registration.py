@@ -63,8 +63,10 @@ def _page(
 
 
 def _terms(provider: Provider) -> list[tuple[str, str]]:
-    links = [(gettext("terms of service"), provider.tos_url)]
-    links.append((gettext("privacy policy"), provider.privacy_url))
+    links = [
+        (gettext("terms of service"), provider.tos_url),
+        (gettext("privacy policy"), provider.privacy_url),
+    ]
     return [(label, url) for label, url in links if url]
 
 
@@ -94,13 +96,7 @@ def _address_page(
         "alternatives": alternatives or [],
         "restore_fragment": restore_fragment,
     }
-    return _page(
-        request,
-        provider,
-        "address.html",
-        context,
-        status,
-    )
+    return _page(request, provider, "address.html", context, status)
 
 
 def _address_form(provider: Provider, flow: Flow, local_part: str = "") -> AddressForm:
@@ -142,13 +138,7 @@ def _password_form(provider: Provider, data: Any = None) -> PasswordForm:
 
 def _flow_problem(request: HttpRequest, provider: Provider, error: PortalError) -> TemplateResponse:
     expired = isinstance(error, FlowExpired)
-    return _page(
-        request,
-        provider,
-        "restart.html",
-        {"expired": expired, "message": error.message},
-        HTTPStatus.BAD_REQUEST,
-    )
+    return _page(request, provider, "restart.html", {"expired": expired}, HTTPStatus.BAD_REQUEST)
 
 
 def _closed(request: HttpRequest, provider: Provider) -> TemplateResponse:
