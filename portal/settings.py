@@ -353,6 +353,10 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
 CSRF_TRUSTED_ORIGINS = [PORTAL_BASE_URL]
+# Pages send the CSRF value as a form field, so no script needs to read the cookie.
+CSRF_COOKIE_HTTPONLY = True
+# A friendly, translated page (with a way back into the flow) instead of Django's bare 403.
+CSRF_FAILURE_VIEW = "portal.views.csrf_failure"
 if PORTAL_HTTPS:
     SECURE_SSL_REDIRECT = True
     # Behind a TLS proxy the scheme arrives in X-Forwarded-Proto. That header is only
@@ -361,8 +365,9 @@ if PORTAL_HTTPS:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
-    # The administrators' cookies, bound to this exact origin (RELIABILITY.md check 14:
-    # browsers accept `__Host-` only Secure, with Path=/ and no Domain).
+    # __Host-: the browser keeps it only if Secure, Path=/ and without Domain (RELIABILITY.md
+    # check 14), so no sibling host can plant one. Over plain http it would be dropped. The
+    # administrators' session cookie too.
     SESSION_COOKIE_NAME = "__Host-sessionid"
     CSRF_COOKIE_NAME = "__Host-csrftoken"
     SECURE_HSTS_SECONDS = 31_536_000
@@ -399,6 +404,11 @@ REGISTRATION_MAX_BODY_BYTES = 16_384
 LOGIN_FAILURES_PER_IP_RATE = "10/m"
 LOGIN_FAILURES_PER_ACCOUNT_RATE = "100/h"
 LOGIN_PREP_RATE = "60/m"
+# Hosted registration pages (/register/<slug>/): attempts (each POST that checks a token,
+# an address or a password) per client address.
+REGISTRATION_PAGE_RATE = "30/h"
+# How long one page of the registration flow stays valid (seconds): its signed state expires.
+REGISTRATION_FLOW_MAX_AGE = 3600
 
 # ---------------------------------------------------------------------------------------------
 # Mail-domain settings

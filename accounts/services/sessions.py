@@ -22,6 +22,8 @@ from django.core.cache import caches
 from django.db import transaction
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
+from django.utils.translation import gettext, gettext_noop
+from django.utils.translation import gettext_lazy as _
 
 from accounts import passwords
 from accounts.models import AccountSession, AccountStatus, MailAccount, MailboxState
@@ -40,41 +42,50 @@ _CSRF_SALT = "accounts.services.sessions.csrf"
 _LOGIN_TOKEN_PREFIX = "accounts.login-token:"  # noqa: S105 - a cache key prefix
 
 
-class NoAuth(PortalError):
+class _Translated(PortalError):
+    """Its default message in the language of the request (gettext at raise time)."""
+
+    def __init__(self, message: str | None = None, *, code: str | None = None) -> None:
+        super().__init__(message or gettext(self.default_message), code=code)
+
+
+class NoAuth(_Translated):
     """No session token came with the request."""
 
     code = "user:noAuth"
     status = HTTPStatus.UNAUTHORIZED
-    default_message = "Log in first."
+    default_message = gettext_noop("Log in first.")
 
 
-class BadAuth(PortalError):
+class BadAuth(_Translated):
     """The session token is unknown, expired or revoked, or its account may not log in."""
 
     code = "user:badAuth"
     status = HTTPStatus.UNAUTHORIZED
-    default_message = "Your session has ended; log in again."
+    default_message = gettext_noop("Your session has ended; log in again.")
 
 
-class BadLogin(PortalError):
+class BadLogin(_Translated):
     """Wrong credentials; one answer for an unknown user and a wrong password."""
 
     code = "user:badLogin"
     status = HTTPStatus.UNAUTHORIZED
-    default_message = "Wrong address or password."
+    default_message = gettext_noop("Wrong address or password.")
 
 
-class CSRFRefused(PortalError):
+class CSRFRefused(_Translated):
     """The CSRF value (or, at login, the login token) is missing or wrong: nothing changed."""
 
     code = "user:csrf"
     status = HTTPStatus.FORBIDDEN
-    default_message = "The request lacks a valid CSRF value; reload the page and try again."
+    default_message = gettext_noop(
+        "The request lacks a valid CSRF value; reload the page and try again."
+    )
 
 
-class LoginTokensUnavailable(ServiceUnavailable):
+class LoginTokensUnavailable(_Translated, ServiceUnavailable):
     code = "login_unavailable"
-    default_message = "Login is not available right now; try again shortly."
+    default_message = gettext_noop("Login is not available right now; try again shortly.")
     retry_after = 30
 
 
@@ -145,7 +156,9 @@ def consume_login_token(*, token: str | None, cookie: str | None) -> None:
     Errors: `user:csrf`, `login_unavailable`.
     """
     if not token or not cookie or not hmac.compare_digest(token, cookie):
-        raise CSRFRefused("The login token is missing or does not match; load the login again.")
+        raise CSRFRefused(
+            gettext("The login token is missing or does not match; load the login again.")
+        )
     key = _LOGIN_TOKEN_PREFIX + token_hash(token)
     try:
         # get() honours the expiry on every backend (the local-memory cache's delete() does
@@ -156,7 +169,9 @@ def consume_login_token(*, token: str | None, cookie: str | None) -> None:
         logger.warning("login token not checked: cache unavailable: %s", type(exc).__name__)
         raise LoginTokensUnavailable() from None
     if not deleted:
-        raise CSRFRefused("The login token was used already or has expired; load the login again.")
+        raise CSRFRefused(
+            gettext("The login token was used already or has expired; load the login again.")
+        )
 
 
 # ----- Login, sessions ------------------------------------------------------------------------
@@ -180,9 +195,13 @@ def can_log_in(account: MailAccount) -> bool:
 
 
 _NOT_ACTIVE = {
-    AccountStatus.APPROVAL: "This account is awaiting an administrator's approval.",
-    AccountStatus.PENDING: "This account's email address is not verified yet.",
-    AccountStatus.DISABLED: "This account is disabled.",
+    AccountStatus.APPROVAL: _(
+        "This account is awaiting an administrator's approval. It cannot log in now."
+    ),
+    AccountStatus.PENDING: _(
+        "This account's email address is not verified yet. It cannot log in now."
+    ),
+    AccountStatus.DISABLED: _("This account is disabled. It cannot log in now."),
 }
 
 
@@ -211,8 +230,10 @@ def log_in(
     if not passwords.verify_password(password, account.password):
         raise _refused(address, client, "wrong password")
     if not can_log_in(account):
-        reason = _NOT_ACTIVE.get(AccountStatus(account.status), "This account is being set up.")
-        raise _refused(address, client, account.status, f"{reason} It cannot log in now.")
+        reason = _NOT_ACTIVE.get(
+            AccountStatus(account.status), _("This account is being set up. It cannot log in now.")
+        )
+        raise _refused(address, client, account.status, str(reason))
     with transaction.atomic():
         if replaces:
             AccountSession.objects.filter(token_hash=token_hash(replaces)).delete()
@@ -300,7 +321,7 @@ def revoke_session(*, account: MailAccount, session_id: int) -> None:
     """End one of the account's own sessions. Errors: `not_found` (none of its sessions)."""
     ended, _ = AccountSession.objects.filter(pk=session_id, account_id=account.pk).delete()
     if not ended:
-        raise NotFound("No such session of this account.")
+        raise NotFound(gettext("No such session of this account."))
 
 
 def purge_sessions(*, now: datetime | None = None) -> int:

@@ -403,3 +403,15 @@ def test_the_login_form_posted_from_another_site_is_refused(
 def test_pages_refuse_other_methods(browser: Client) -> None:
     assert browser.post(PAGES).status_code == HTTPStatus.METHOD_NOT_ALLOWED
     assert browser.get(f"{PAGES}logout").status_code == HTTPStatus.METHOD_NOT_ALLOWED
+
+
+def test_the_pages_speak_german_to_a_german_browser(client: Client, owner: MailAccount) -> None:
+    login = client.get(f"{PAGES}login", HTTP_ACCEPT_LANGUAGE="de")
+    refused = page_login(client, "juliet@example.org", "wrong", HTTP_ACCEPT_LANGUAGE="de")
+    page_login(client, "juliet@example.org", HTTP_ACCEPT_LANGUAGE="de")
+    overview = client.get(PAGES, HTTP_ACCEPT_LANGUAGE="de").content.decode()
+
+    assert 'lang="de"' in login.content.decode()
+    assert "Anmelden" in login.content.decode()
+    assert "Adresse oder Passwort falsch." in refused.content.decode()
+    assert "Wo Sie angemeldet sind" in overview and "Passwort ändern" in overview
