@@ -30,6 +30,7 @@ from accounts.services.accounts import WrongPassword
 from accounts.services.sessions import BadAuth, BadLogin, CSRFRefused, NoAuth
 from portal import ratelimit
 from portal.errors import PortalError
+from portal.pages import strict_page
 
 CSRF_FIELD = "csrf"
 LOGIN_TOKEN_FIELD = "login_token"  # noqa: S105 - a form field's name
@@ -45,16 +46,8 @@ SessionView = Callable[..., HttpResponse]
 
 
 def _page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """Our own CSRF instead of Django's; never cached, never framed, no script (web.PAGE_CSP)."""
-
-    @csrf_exempt
-    @functools.wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        response = view(request, *args, **kwargs)
-        web.private_headers(response, csp=web.PAGE_CSP)
-        return response
-
-    return wrapper
+    """Our own CSRF instead of Django's; the portal's strict page CSP and no-store."""
+    return csrf_exempt(strict_page(view))  # type: ignore[return-value]
 
 
 def _refusal(request: HttpRequest, error: PortalError) -> HttpResponse:

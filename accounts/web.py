@@ -26,12 +26,7 @@ from portal.proxies import client_ip
 SESSION_COOKIE = "mailportal_session"
 LOGIN_COOKIE = "mailportal_login"
 CSRF_HEADER = "X-CSRF-Token"
-# The pages need nothing but our own stylesheet and same-origin forms: no script at all.
-PAGE_CSP = (
-    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-    "base-uri 'none'; object-src 'none'; frame-ancestors 'none'"
-)
-# API answers are data, never documents to render.
+# API answers are data, never documents to render. (The pages take portal.pages' policy.)
 API_CSP = "default-src 'none'; base-uri 'none'; object-src 'none'; frame-ancestors 'none'"
 # Sec-Fetch-Site values of a request the portal's own pages (or a typed URL) made.
 _OWN_FETCH_SITES = {"same-origin", "none"}

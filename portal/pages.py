@@ -1,6 +1,6 @@
 """What every server-rendered page of the portal sends: a strict CSP with a nonce, no-store.
 
-Registration pages use it now, self-service pages will (RELIABILITY.md check 14). A view
+Registration and self-service pages use it (RELIABILITY.md check 14). A view
 decorated with `@strict_page` returns a TemplateResponse; its template finds the nonce as
 `csp_nonce` (for the one inline <style> that carries a provider's colours) and includes
 `includes/page_head.html` from templates/base.html.
