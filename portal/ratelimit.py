@@ -47,6 +47,12 @@ REGISTRATION_VERIFY = Policy(
 # hammer providers' suggestion engines (the provisioner seed: "N queries per M minutes").
 SUGGESTIONS = Policy(group="providers.suggestions", rate_setting="SUGGESTION_RATE")
 
+# DCACCOUNT redemptions (POST /dcaccount/<token>, /new_email?t=): each client address may
+# send DCACCOUNT_RATE of them (60 an hour), valid or not. Enough for a class or a workshop
+# behind one NAT address scanning one code; guessing a 192-bit token is hopeless anyway,
+# so the limit is about one host draining a token's uses or the mail server's capacity.
+DCACCOUNT = Policy(group="providers.dcaccount", rate_setting="DCACCOUNT_RATE")
+
 
 class RateLimited(PortalError):
     """Too many requests from this client in the current window."""

@@ -380,6 +380,8 @@ REGISTRATION_RATE = "10/h"
 REGISTRATION_VERIFY_RATE = "30/h"
 # Largest registration request body read, in bytes; a real one is a few hundred.
 REGISTRATION_MAX_BODY_BYTES = 16_384
+# DCACCOUNT redemptions (POST /dcaccount/<token>, /new_email) per client address.
+DCACCOUNT_RATE = "60/h"
 
 # ---------------------------------------------------------------------------------------------
 # Mail-domain settings
@@ -495,11 +497,17 @@ LOGGING = {
     "formatters": {
         "line": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
+    "filters": {
+        # Onboarding tokens in logged URLs (Django's request log, runserver) are masked.
+        "redact": {"()": "portal.redact.RedactingFilter"},
+    },
     "handlers": {
-        "stderr": {"class": "logging.StreamHandler", "formatter": "line"},
+        "stderr": {"class": "logging.StreamHandler", "formatter": "line", "filters": ["redact"]},
     },
     "root": {"handlers": ["stderr"], "level": "INFO"},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # runserver's request lines: through our (redacting) handler, not Django's own.
+        "django.server": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
     },
 }
