@@ -219,9 +219,7 @@ def redeem_token(*, secret: str) -> Redemption:
     provider = token.domain.provider
     if provider.require_approval:
         raise ApprovalRequired()
-    account_services.check_registration_open(
-        token.domain, CREATED_VIA, token_ok=True
-    )
+    account_services.check_registration_open(token.domain, CREATED_VIA, token_ok=True)
     _claim(token, now)
     try:
         return _create_account(token, now)
