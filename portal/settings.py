@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -308,6 +309,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Settle interrupted account creations/deletions, report accounts and mailboxes that
     # disagree, align enabled/disabled (accounts/services/reconcile.py; every 5 minutes).
     "reconcile-mailboxes": {"task": "accounts.reconcile_mailboxes", "schedule": 300.0},
+    # Temporary accounts of onboarding tokens: disable when their lifetime ends, delete
+    # TEMPORARY_ACCOUNT_GRACE later (accounts/services/lifetime.py; every 5 minutes).
+    "end-expired-accounts": {"task": "accounts.end_expired_accounts", "schedule": 300.0},
+    # Onboarding sheets hold passwords: gone an hour after they were asked for.
+    "purge-sheets": {"task": "accounts.purge_sheets", "schedule": 300.0},
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -437,6 +443,13 @@ EMAIL_USE_TLS = EMAIL_SECURITY == "starttls"
 EMAIL_USE_SSL = EMAIL_SECURITY == "tls"
 EMAIL_TIMEOUT = 10
 DEFAULT_FROM_EMAIL = env_str("PORTAL_MAIL_FROM", "mailportal@localhost")
+
+# Temporary accounts (onboarding tokens with an account lifetime) are disabled when the
+# lifetime ends and deleted this much later, so an administrator can still rescue one.
+TEMPORARY_ACCOUNT_GRACE = timedelta(days=7)
+# A batch onboarding sheet (it holds passwords) is deleted at its first download or after
+# this long, whichever comes first.
+ONBOARDING_SHEET_LIFETIME = timedelta(hours=1)
 
 # How long clients may cache an autoconfig document (it also carries an ETag).
 AUTOCONFIG_MAX_AGE = 3600

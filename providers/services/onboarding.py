@@ -20,7 +20,6 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http import HTTPStatus
-from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -33,7 +32,6 @@ from providers import qr
 from providers.models import (
     ONBOARDING_RANDOM_LENGTH,
     OnboardingToken,
-    ProviderDomain,
     TokenState,
     token_digest,
 )
@@ -128,39 +126,25 @@ def new_secret() -> str:
     return secrets.token_urlsafe(TOKEN_BYTES)
 
 
-def issue_token(
-    *,
-    name: str,
-    domain: ProviderDomain,
-    max_uses: int,
-    valid_for: timedelta | None,
-    account_lifetime: timedelta | None = None,
-    prefix: str = "",
-    created_by: Any = None,
-) -> IssuedToken:
-    """Create a token with a fresh secret and return both (the secret is not stored).
+def issue_token(*, token: OnboardingToken, valid_for: timedelta | None) -> IssuedToken:
+    """Save a new token (fields set, not saved yet) with a fresh secret; return both.
 
-    `valid_for` None: never expires. Errors: `invalid` with the model's messages (name
-    taken, prefix not allowed by the provider, provider requires approval, ...).
-    Side effects: one OnboardingToken row holding the secret's SHA-256.
+    `valid_for` None: the token never expires. The secret is not stored, only its SHA-256.
+    Errors: `invalid` with the model's messages (name taken, prefix not allowed by the
+    provider, provider requires approval, ...). Side effects: one OnboardingToken row.
     """
     secret = new_secret()
-    token = OnboardingToken(
-        name=name.strip(),
-        domain=domain,
-        max_uses=max_uses,
-        expires_at=timezone.now() + valid_for if valid_for is not None else None,
-        account_lifetime=account_lifetime,
-        prefix=prefix,
-        token_sha256=token_digest(secret),
-        created_by=created_by,
-    )
+    token.name = token.name.strip()
+    token.expires_at = timezone.now() + valid_for if valid_for is not None else None
+    token.token_sha256 = token_digest(secret)
     try:
         token.full_clean()
     except ValidationError as exc:
         raise InvalidInput(" ".join(exc.messages)) from None
     token.save(force_insert=True)
-    logger.info("onboarding token %s issued: %d uses on %s", token.pk, max_uses, domain.name)
+    logger.info(
+        "onboarding token %s issued: %d uses on %s", token.pk, token.max_uses, token.domain.name
+    )
     return IssuedToken(token=token, secret=secret)
 
 
