@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
+from providers.admin_onboarding import LogoInline
 from providers.domains import to_unicode
 from providers.models import (
     INCOMING_TYPES,
@@ -190,7 +191,13 @@ class ProviderAdmin(admin.ModelAdmin):
     # "example.org/tos" typed without a scheme means https (Django 6's default too).
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     readonly_fields = ["preview", "listed", "suggestion_summary", "created_at", "updated_at"]
-    inlines = [DomainInline, IncomingServerInline, OutgoingServerInline, SuggestionClientInline]
+    inlines = [
+        DomainInline,
+        IncomingServerInline,
+        OutgoingServerInline,
+        SuggestionClientInline,
+        LogoInline,
+    ]
     fieldsets = [
         (None, {"fields": ["name", "short_name", "slug", "enabled"]}),
         (

@@ -308,6 +308,14 @@ class Provider(models.Model):
     def effective_suggestion_count(self) -> int:
         return int(self.suggestion_count or settings.SUGGESTION_COUNT)
 
+    @property
+    def logo_png(self) -> bytes | None:
+        """The logo's PNG bytes, or None (select_related("logo") spares the query)."""
+        try:
+            return bytes(self.logo.png)
+        except ProviderLogo.DoesNotExist:
+            return None
+
     def missing_list_fields(self) -> list[str]:
         """What keeps this provider out of the provider list (empty: nothing)."""
         missing = []
@@ -880,6 +888,13 @@ class OnboardingToken(models.Model):
         return max(0, self.max_uses - self.use_count)
 
     def clean(self) -> None:
+        if self.max_uses is not None and self.max_uses < self.use_count:
+            raise ValidationError(
+                {
+                    "max_uses": _("It has been used %(count)d times already.")
+                    % {"count": self.use_count}
+                }
+            )
         self.prefix = (self.prefix or "").strip().lower()
         if self.prefix and (
             not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", self.prefix)

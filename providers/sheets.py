@@ -12,6 +12,7 @@ outside Latin-1 transliterated (anyascii) rather than dropped.
 
 from __future__ import annotations
 
+import base64
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,11 @@ INSTRUCTIONS: dict[str, tuple[str, str, str]] = {
         "2. Öffnen Sie die App, wählen Sie ein neues Profil und scannen Sie diesen Code.",
         "3. Wählen Sie den Namen, den andere sehen. Fertig!",
     ),
+}
+# A DCACCOUNT card's title: the address is made when the code is scanned.
+NEW_ADDRESS = {
+    "en": "Your new address at {domain}",
+    "de": "Ihre neue Adresse bei {domain}",
 }
 DEFAULT_LANGUAGE = "en"
 FONT_DIRS = (
@@ -81,6 +87,27 @@ def svg_markup(text: str) -> str:
     """Inline SVG of a code, for HTML sheets (no XML declaration)."""
     document = qr.svg(text).decode()
     return document[document.index("<svg") :]
+
+
+@dataclass(frozen=True)
+class Printable:
+    """One code ready for a page shown once: inline SVG, and PNG and SVG files as base64
+    (offered as data: downloads, so the secret inside never travels in a URL)."""
+
+    text: str
+    svg: str
+    png_base64: str
+    svg_base64: str
+
+
+def printable(text: str) -> Printable:
+    document = qr.svg(text)
+    return Printable(
+        text=text,
+        svg=svg_markup(text),
+        png_base64=base64.b64encode(qr.png(text)).decode(),
+        svg_base64=base64.b64encode(document).decode(),
+    )
 
 
 class _Sheet(FPDF):

@@ -30,7 +30,6 @@ from accounts.models import MailAccount, SheetJob
 from accounts.services.accounts import reset_password
 from portal.errors import InvalidInput, NotFound, PortalError
 from providers import qr, sheets
-from providers.models import Provider, ProviderLogo
 
 logger = logging.getLogger(__name__)
 
@@ -53,23 +52,34 @@ class SheetGone(NotFound):
 
 @dataclass(frozen=True)
 class LoginCode:
-    """A DCLOGIN code of one account, ready for a page: text, inline SVG, PNG as base64."""
+    """A DCLOGIN code of one account, ready for the page that shows it once."""
 
     account: MailAccount
-    text: str
-    svg: str
-    png_base64: str
+    code: sheets.Printable
+    card: sheets.Card
 
 
 def login_text(account: MailAccount, password: str) -> str:
     """The account's DCLOGIN text with its provider's first IMAP and SMTP servers.
 
-    Raises qr.QRFormatError (a PortalError-free ValueError) if the provider has no IMAP or
-    SMTP server. Expects `account.domain.provider` with servers (prefetch in loops).
+    Raises qr.QRFormatError (a ValueError) if the provider has no IMAP or SMTP server.
+    Expects `account.domain.provider` with its servers (prefetch them in loops).
     """
     provider = account.domain.provider
     imap, smtp = qr.first_servers(server.as_autoconfig() for server in provider.servers.all())
     return qr.dclogin_text(address=account.address, password=password, imap=imap, smtp=smtp)
+
+
+def card_for(account: MailAccount, text: str) -> sheets.Card:
+    """One sheet card: the code `text`, the address, the provider and its instructions."""
+    provider = account.domain.provider
+    return sheets.Card(
+        qr_text=text,
+        title=account.address,
+        provider_name=provider.name,
+        instructions=sheets.instructions_for(provider.language_list),
+        logo_png=provider.logo_png,
+    )
 
 
 def login_codes(
@@ -77,8 +87,8 @@ def login_codes(
 ) -> list[LoginCode]:
     """DCLOGIN codes for accounts whose passwords were just set (admin's shown-once page).
 
-    Accounts whose provider cannot be described by DCLOGIN (no IMAP server) are left out.
-    Each code shown is logged as an audit event (who, which address; never the code).
+    Accounts whose provider DCLOGIN cannot describe (no IMAP server) are left out. Each
+    code shown is logged as an audit event (who, which address; never the code).
     """
     codes = []
     for account, password in rows:
@@ -88,46 +98,10 @@ def login_codes(
             logger.info("no DCLOGIN code for %s: %s", account.address, exc)
             continue
         codes.append(
-            LoginCode(
-                account=account,
-                text=text,
-                svg=sheets.svg_markup(text),
-                png_base64=base64.b64encode(qr.png(text)).decode(),
-            )
+            LoginCode(account=account, code=sheets.printable(text), card=card_for(account, text))
         )
         logger.info("DCLOGIN code shown for %s to %s", account.address, shown_to or "-")
     return codes
-
-
-def card_for(account: MailAccount, password: str) -> sheets.Card:
-    """One sheet card: the account's DCLOGIN code, address, provider, its instructions."""
-    provider = account.domain.provider
-    return sheets.Card(
-        qr_text=login_text(account, password),
-        title=account.address,
-        provider_name=provider.name,
-        instructions=sheets.instructions_for(provider.language_list),
-        logo_png=provider_logo(provider),
-    )
-
-
-def provider_logo(provider: Provider) -> bytes | None:
-    """The provider's logo PNG, or None (select_related("…provider__logo") avoids a query)."""
-    try:
-        return bytes(provider.logo.png)
-    except ProviderLogo.DoesNotExist:
-        return None
-
-
-def sheet_pdf(rows: Sequence[tuple[MailAccount, str]]) -> bytes:
-    """A PDF sheet of accounts whose passwords were just set (small batches, in a request)."""
-    cards = []
-    for account, password in rows:
-        try:
-            cards.append(card_for(account, password))
-        except qr.QRFormatError:
-            continue
-    return sheets.pdf(cards)
 
 
 def start_sheet(*, account_ids: Sequence[int], created_by: Any) -> SheetJob:
@@ -189,7 +163,7 @@ def build_sheet(*, job_id: int) -> SheetJob | None:
         try:
             qr.first_servers(server.as_autoconfig() for server in account.provider.servers.all())
             password = reset_password(account=account)
-            cards.append(card_for(account, password))
+            cards.append(card_for(account, login_text(account, password)))
         except (PortalError, qr.QRFormatError) as exc:
             problems.append(f"{account.address}: {getattr(exc, 'message', exc)}")
         if found % PROGRESS_EVERY == 0:

@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from accounts.services import accounts as account_services
 from portal.errors import Forbidden, InvalidInput, PortalError
-from providers import qr
+from providers import qr, sheets
 from providers.models import (
     ONBOARDING_RANDOM_LENGTH,
     OnboardingToken,
@@ -122,6 +122,19 @@ class Redemption:
     expires_at: datetime | None
 
 
+def token_card(issued: IssuedToken) -> sheets.Card:
+    """The token's printable card (DCACCOUNT code); qr.QRFormatError unless https."""
+    provider = issued.token.domain.provider
+    language = sheets.language_of(provider.language_list)
+    return sheets.Card(
+        qr_text=issued.dcaccount_text(),
+        title=sheets.NEW_ADDRESS[language].format(domain=issued.token.domain.display_name),
+        provider_name=provider.name,
+        instructions=sheets.INSTRUCTIONS[language],
+        logo_png=provider.logo_png,
+    )
+
+
 def new_secret() -> str:
     return secrets.token_urlsafe(TOKEN_BYTES)
 
@@ -169,10 +182,13 @@ def revoke_token(*, token: OnboardingToken) -> bool:
     return bool(revoked)
 
 
-def verify_secret(*, token: OnboardingToken, secret: str) -> bool:
-    """True if `secret` (or a DCACCOUNT text or URL ending in it) is this token's secret."""
-    candidate = secret.strip().rsplit("/", 1)[-1].rsplit("t=", 1)[-1]
-    return bool(candidate) and secrets.compare_digest(token_digest(candidate), token.token_sha256)
+def secret_from_code(*, token: OnboardingToken, code: str) -> str:
+    """The secret in `code` (a DCACCOUNT text, its URL, mailadm's ?t= URL or the bare
+    secret) if it is `token`'s; `invalid` otherwise (a reprint needs the real code)."""
+    candidate = code.strip().rsplit("/", 1)[-1].rsplit("t=", 1)[-1]
+    if not candidate or not secrets.compare_digest(token_digest(candidate), token.token_sha256):
+        raise InvalidInput(f"That is not the code of the token {token.name!r}.")
+    return candidate
 
 
 def redeem_token(*, secret: str) -> Redemption:
