@@ -376,3 +376,26 @@ def test_the_database_dump_holds_the_tokens_digest_but_never_the_token(
     assert answer["email"].split("@")[0] in dump
     assert issued.secret not in dump
     assert answer["password"] not in dump
+
+
+@pytest.mark.django_db
+def test_the_three_autoconfig_forms_delta_chat_tries_answer_for_the_new_address(
+    client: Any, make_token: Callable[..., Any], validate_clientconfig: Callable[[bytes], list[str]]
+) -> None:
+    # After a DCACCOUNT answer Delta Chat has no server hints; it asks these, in order
+    # (specs/qr.md), over https with the domain's own host names.
+    address = post(client, make_token().secret).json()["email"]
+
+    first = client.get(
+        "/mail/config-v1.1.xml", {"emailaddress": address}, HTTP_HOST="autoconfig.example.org"
+    )
+    second = client.get("/.well-known/autoconfig/mail/config-v1.1.xml", HTTP_HOST="example.org")
+    third = client.get("/autodiscover/autodiscover.xml", HTTP_HOST="example.org")
+
+    for response in (first, second, third):
+        assert response.status_code == HTTPStatus.OK
+        assert response["Content-Type"] == "text/xml; charset=utf-8"
+        assert b"imap.example.org" in response.content and b"smtp.example.org" in response.content
+    assert validate_clientconfig(first.content) == []
+    assert validate_clientconfig(second.content) == []
+    assert b"<Type>IMAP</Type>" in third.content
