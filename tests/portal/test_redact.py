@@ -26,7 +26,13 @@ def test_redact_masks_tokens_and_nothing_else(line: str, expected: str) -> None:
 
 def test_filter_rewrites_a_record_with_arguments() -> None:
     record = logging.LogRecord(
-        "django.request", logging.WARNING, __file__, 1, "%s: %s", ("Gone", "/dcaccount/SeCrEt"), None
+        "django.request",
+        logging.WARNING,
+        __file__,
+        1,
+        "%s: %s",
+        ("Gone", "/dcaccount/SeCrEt"),
+        None,
     )
 
     assert RedactingFilter().filter(record)

@@ -52,6 +52,7 @@ def provider_form(
     data |= inline("servers", incoming)
     data |= inline("servers-2", outgoing)
     data |= inline("suggestion_clients", [])
+    data |= inline("logo", [])
     return data
 
 
