@@ -1,4 +1,4 @@
-"""Onboarding sheet jobs: claimed once, passwords reset and printed, kept encrypted, one download."""
+"""Onboarding sheet jobs: claimed once, passwords reset and printed, encrypted, one download."""
 
 from __future__ import annotations
 
