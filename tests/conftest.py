@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings as django_settings
+from django.db import connection
 
 from accounts import dovecot as private_dovecot
 from providers.models import Provider, ProviderDomain, ServerSetting
@@ -68,6 +69,29 @@ def cache_down(settings: Any) -> None:
             "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
         }
     }
+
+
+@pytest.fixture
+def database_down(transactional_db: None) -> Iterator[Callable[[], None]]:
+    """Call it to make the next connection fail (a closed port, or an unopenable file).
+
+    The database is back (settings restored) after the test; a test may restore it earlier
+    with connection.close() and connection.settings_dict.update(saved).
+    """
+    saved = dict(connection.settings_dict)
+
+    def stop() -> None:
+        connection.close()
+        if connection.vendor == "postgresql":
+            connection.settings_dict.update(HOST="127.0.0.1", PORT=str(_free_port()))
+            connection.settings_dict["OPTIONS"] = {**saved["OPTIONS"], "connect_timeout": 2}
+        else:
+            connection.settings_dict["NAME"] = "/nonexistent-dir/none.sqlite3"
+
+    yield stop
+    connection.close()
+    connection.settings_dict.clear()
+    connection.settings_dict.update(saved)
 
 
 @pytest.fixture
@@ -144,8 +168,6 @@ def dovecot(
     import shutil
     import tempfile
     from pathlib import Path
-
-    from django.db import connection
 
     with django_db_blocker.unblock():
         # The test database's name is known only now, after django_db_setup.
@@ -260,7 +282,6 @@ def portal_server(transactional_db: None, tmp_path: Any) -> Iterator[Callable[..
     REDIS_URL is removed unless given: the child's rate limits and Celery stay its own.
     Its output goes to a log file under tmp_path.
     """
-    from django.db import connection
 
     servers: list[PortalServer] = []
 
@@ -273,6 +294,7 @@ def portal_server(transactional_db: None, tmp_path: Any) -> Iterator[Callable[..
             "PORTAL_ALLOWED_HOSTS": "127.0.0.1",
         }
         env.pop("REDIS_URL", None)
+        env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
         for name, value in overrides.items():
             if value is None:
                 env.pop(name, None)
@@ -305,13 +327,13 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def chromium() -> Iterator[Any]:
-    """One headless Chromium for the session; skips (fails under REQUIRE_SERVICES) without it.
+    """A headless Chromium; skips (fails under REQUIRE_SERVICES) without it.
 
-    Playwright's sync API keeps an event loop in this thread, which Django's ORM takes for an
-    async context: DJANGO_ALLOW_ASYNC_UNSAFE lets the tests query the database between
-    browser steps (test code only; the server under test runs in live_server's thread).
+    Per test, not per session: Playwright's sync API keeps an event loop in this thread
+    while it runs, and Django's ORM refuses to run beside one (SynchronousOnlyOperation) in
+    every later test. About a second per browser test.
     """
     from pathlib import Path
 
@@ -319,23 +341,22 @@ def chromium() -> Iterator[Any]:
         need_service("Chromium", f"{CHROMIUM} is missing (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            yield browser
-            browser.close()
-    finally:
-        if previous is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
 
 
 @pytest.fixture
-def page(chromium: Any) -> Iterator[Any]:
-    """A fresh browser context (no cookies) and page, English, phone-sized width allowed."""
+def page(chromium: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A fresh browser context (no cookies) and page, English.
+
+    Playwright's sync API keeps an event loop in this thread, which Django's ORM takes for an
+    async context: DJANGO_ALLOW_ASYNC_UNSAFE lets the test query the database between
+    browser steps. Set for this test only (Django's deploy check rightly refuses it), and
+    never passed to processes the portal_server fixture starts.
+    """
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     context = chromium.new_context(locale="en-US")
     page = context.new_page()
     yield page

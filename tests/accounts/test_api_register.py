@@ -17,7 +17,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -507,19 +506,9 @@ def test_register_retry_after_is_the_end_of_the_fixed_window(
 
 
 def test_register_fails_closed_with_503_when_the_cache_is_down(
-    client: Client, provider: Provider, settings: Any
+    client: Client, provider: Provider, settings: Any, cache_down: None
 ) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
     settings.RATELIMIT_ENABLE = True
-    settings.CACHES = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": f"redis://127.0.0.1:{closed_port}/0",
-            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
-        }
-    }
     response = post(client, message())
     assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
     assert err_id(response) == cpe3.UNAVAILABLE
@@ -528,28 +517,6 @@ def test_register_fails_closed_with_503_when_the_cache_is_down(
 
 
 # ----- database down (check 6) -------------------------------------------------------------
-
-
-@pytest.fixture
-def database_down(transactional_db: None) -> Iterator[Callable[[], None]]:
-    """Call it to make the next connection fail (a closed port, or an unopenable file)."""
-    saved = dict(connection.settings_dict)
-
-    def stop() -> None:
-        connection.close()
-        if connection.vendor == "postgresql":
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                port = probe.getsockname()[1]
-            connection.settings_dict.update(HOST="127.0.0.1", PORT=str(port))
-            connection.settings_dict["OPTIONS"] = {**saved["OPTIONS"], "connect_timeout": 2}
-        else:
-            connection.settings_dict["NAME"] = "/nonexistent-dir/none.sqlite3"
-
-    yield stop
-    connection.close()
-    connection.settings_dict.clear()
-    connection.settings_dict.update(saved)
 
 
 def test_register_answers_503_when_the_database_is_down_and_succeeds_after(

@@ -23,6 +23,7 @@ from accounts.mailbox import _load as load_backend
 from accounts.models import AccountStatus, CreatedVia, MailAccount, ReservedName, ThirdPartyID
 from accounts.services.accounts import (
     AddressTaken,
+    DatabaseUnavailable,
     RegistrationDisabled,
     WeakPassword,
     create_account,
@@ -342,3 +343,14 @@ def test_an_active_account_is_created_enabled_on_the_mail_server(
     create()
     requests = [json.loads(line) for line in recording_backend.read_text().splitlines()]
     assert [(r["action"], r["enabled"]) for r in requests] == [("create", True)]
+
+
+def test_create_account_answers_database_unavailable_when_the_database_is_down(
+    make_provider: Callable[..., Provider], database_down: Callable[[], None]
+) -> None:
+    make_provider()
+    database_down()
+
+    # The first read (the domain) already fails: every front door gets the same error.
+    with pytest.raises(DatabaseUnavailable):
+        create()

@@ -178,6 +178,23 @@ def test_purge_registrations_drops_old_records_and_abandoned_pending_accounts(
     assert list(MailAccount.objects.values_list("local_part", flat=True)) == [kept.local_part]
 
 
+def test_purge_registrations_drops_a_pending_account_whose_code_was_never_stored(
+    make_provider: Callable[..., Provider],
+) -> None:
+    make_provider(require_verified_email=True)
+    now = timezone.now()
+    account = _pending("juliet")
+    VerificationCode.objects.all().delete()  # a crash between the account and its code
+    young = _pending("romeo")
+    VerificationCode.objects.filter(third_pid__account=young).delete()
+    MailAccount.objects.filter(pk=account.pk).update(created_at=now - timedelta(minutes=16))
+
+    result = registration.purge_registrations(now=now)
+
+    assert result.accounts == 1
+    assert list(MailAccount.objects.values_list("local_part", flat=True)) == ["romeo"]
+
+
 def _pending(name: str) -> MailAccount:
     account = create_account(
         domain="example.org",

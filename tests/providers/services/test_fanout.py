@@ -410,18 +410,31 @@ def test_fanout_reports_error_for_every_remote_provider_when_the_broker_is_down(
     make_remote_provider(fake_provider().url, domain="good.example")
     saved = app.conf.broker_url
     app.conf.broker_url = f"redis://127.0.0.1:{free_port}/0"
-    app.pool.force_close_all()
+    _reset_broker_connections(app)
     try:
         started = time.monotonic()
         result = fanout.collect_suggestions(query=JULIET)
         elapsed = time.monotonic() - started
     finally:
         app.conf.broker_url = saved
-        app.pool.force_close_all()
+        _reset_broker_connections(app)
 
     statuses = {answer.provider: answer.status for answer in result.answers}
     assert statuses == {"good.example": "error", "hosted.example": "ok"}
     assert elapsed < 3.0
+
+
+def _reset_broker_connections(app: Any) -> None:
+    """Close the app's broker connections; the next send opens new ones to the broker URL.
+
+    Closing app.pool alone leaves it closed in kombu's global registry, where every later
+    send finds it ("Acquire on closed pool"): kombu's reset closes and forgets all pools,
+    and _after_fork is Celery's own reset of its references to them.
+    """
+    from kombu import pools
+
+    pools.reset()
+    app._after_fork()
 
 
 # ----- pure parts -------------------------------------------------------------------------------
