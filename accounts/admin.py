@@ -13,6 +13,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
 from accounts.models import (
     AccountStatus,
@@ -293,12 +294,26 @@ class MailAccountAdmin(admin.ModelAdmin):
             context = {
                 **self.admin_site.each_context(request),
                 "title": _("Print an onboarding sheet?"),
+                "message": ngettext(
+                    "The password of this account is reset: its current password stops "
+                    "working and open sessions end. The new password goes into a DCLOGIN code "
+                    "on an A4 sheet, built in the background.",
+                    "The passwords of these %(count)d accounts are reset: their current "
+                    "passwords stop working and open sessions end. The new passwords go into "
+                    "DCLOGIN codes on an A4 sheet, built in the background.",
+                    len(ids),
+                )
+                % {"count": len(ids)},
+                "note": _(
+                    "The sheet can be downloaded once, by you, within an hour; then it is deleted."
+                ),
                 "ids": ids,
-                "count": len(ids),
                 "action": "onboarding_sheet",
+                "button": _("Yes, reset the passwords and print"),
+                "back_url": reverse("admin:accounts_mailaccount_changelist"),
                 "opts": self.model._meta,
             }
-            return TemplateResponse(request, "accounts/admin/sheet_confirm.html", context)
+            return TemplateResponse(request, "admin/confirm_selection.html", context)
         try:
             job = sheet_services.start_sheet(account_ids=ids, created_by=request.user)
         except PortalError as exc:

@@ -208,11 +208,19 @@ class OnboardingTokenAdmin(admin.ModelAdmin):
             context = {
                 **self.admin_site.each_context(request),
                 "title": _("Give new secrets?"),
-                "tokens": tokens,
+                "message": _(
+                    "These tokens get new secrets. Codes printed or sent before stop working at "
+                    "once; their uses so far are kept. The new codes are shown once on the next "
+                    "page."
+                ),
+                "items": [f"{token.name} ({token.domain})" for token in tokens],
+                "ids": [token.pk for token in tokens],
                 "action": "replace_secrets",
+                "button": _("Yes, give new secrets"),
+                "back_url": reverse("admin:providers_onboardingtoken_changelist"),
                 "opts": self.model._meta,
             }
-            return TemplateResponse(request, "providers/admin/onboarding_confirm.html", context)
+            return TemplateResponse(request, "admin/confirm_selection.html", context)
         issued = [onboarding.replace_secret(token=token) for token in tokens]
         return self._show_codes(request, issued, str(_("New secrets")))
 

@@ -8,7 +8,7 @@ it (`deltachat-rpc-server`'s check_qr) on what this module writes.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from urllib.parse import quote, urlsplit
 
 import qrcode
@@ -123,14 +123,9 @@ def svg(text: str) -> bytes:
     return svg_from_matrix(matrix(text))
 
 
-def svg_from_matrix(modules: list[list[bool]]) -> bytes:
-    """One <path> of horizontal runs, viewBox in modules.
-
-    Built from the matrix rather than by qrcode's SVG factory so that a sheet computes each
-    code's matrix once (about 12 ms here) for both its SVG and its PDF drawing.
-    """
+def runs(modules: list[list[bool]]) -> Iterator[tuple[int, int, int]]:
+    """The dark modules as horizontal runs: (row, first column, length)."""
     size = len(modules)
-    runs = []
     for y, row in enumerate(modules):
         x = 0
         while x < size:
@@ -140,13 +135,23 @@ def svg_from_matrix(modules: list[list[bool]]) -> bytes:
             start = x
             while x < size and row[x]:
                 x += 1
-            runs.append(f"M{start} {y}h{x - start}v1h{start - x}z")
+            yield y, start, x - start
+
+
+def svg_from_matrix(modules: list[list[bool]]) -> bytes:
+    """One <path> of horizontal runs, viewBox in modules.
+
+    Built from the matrix rather than by qrcode's SVG factory so that a sheet computes each
+    code's matrix once for both its SVG and its PDF drawing (docs/benchmarks.md).
+    """
+    size = len(modules)
+    path = "".join(f"M{x} {y}h{length}v1h{-length}z" for y, x, length in runs(modules))
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {size} {size}" '
         f'width="{size * 4}" height="{size * 4}" shape-rendering="crispEdges">'
         f'<rect width="{size}" height="{size}" fill="#fff"/>'
-        f'<path fill="#000" d="{"".join(runs)}"/></svg>\n'
+        f'<path fill="#000" d="{path}"/></svg>\n'
     ).encode()
 
 

@@ -242,18 +242,7 @@ def _fit_font(
 
 def _draw_qr(sheet: _Sheet, modules: list[list[bool]], x: float, y: float, size: float) -> None:
     """The modules as filled rectangles, one per horizontal run (quiet zone left white)."""
-    count = len(modules)
-    unit = size / count
+    unit = size / len(modules)
     sheet.set_fill_color(0)
-    for row_index, row in enumerate(modules):
-        column = 0
-        while column < count:
-            if not row[column]:
-                column += 1
-                continue
-            start = column
-            while column < count and row[column]:
-                column += 1
-            sheet.rect(
-                x + start * unit, y + row_index * unit, (column - start) * unit, unit, style="F"
-            )
+    for row, start, length in qr.runs(modules):
+        sheet.rect(x + start * unit, y + row * unit, length * unit, unit, style="F")
