@@ -71,10 +71,10 @@ class MailAccountAdmin(admin.ModelAdmin):
         "created_via",
         "created_at",
     ]
+    # Also ?onboarding_token=<id> (linked from a token's page), without a sidebar filter.
     list_filter = ["domain__provider", "status", "mailbox_state", "created_via"]
     search_fields = ["local_part", "domain__name", "third_pids__value", "full_name"]
     list_select_related = ["domain__provider"]
-    # ?onboarding_token=<id> (linked from a token's page) works without a sidebar filter.
     readonly_fields = [
         "address_display",
         "status",

@@ -301,6 +301,11 @@ CELERY_RESULT_EXPIRES = 3600
 # runs (else a slow task runs twice; ours are idempotent, but it costs); tests shorten it.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600),
+    # A web process publishing to a Redis that is down fails at once instead of retrying
+    # the connection (kombu's default, with redis-py 6+'s own retries, took 6 s here):
+    # callers answer within their deadlines (suggestions) or fail cleanly. Workers keep
+    # retrying their own connection (broker_connection_retry and its maximum).
+    "max_retries": 0,
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
