@@ -13,6 +13,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,7 @@ def test_delta_chat_logs_in_with_the_dclogin_settings_of_a_non_standard_provider
         "smtp.example.org&", f"{LOOPBACK}&"
     )
 
+    _wait_for_dovecot(dovecot, account.address)
     rpc.set_config_from_qr(account_id, text)  # configures: logs in over IMAP and SMTP
 
     assert rpc.is_configured(account_id)
@@ -172,6 +174,24 @@ def test_delta_chat_logs_in_with_the_dclogin_settings_of_a_non_standard_provider
     assert settings_read["smtpSecurity"] == "plain"
     assert settings_read["password"] == HOSTILE_PASSWORD
     assert ("ann@example.org", HOSTILE_PASSWORD) in smtp.logins
+
+
+def _wait_for_dovecot(dovecot: Any, address: str) -> None:
+    """Until Dovecot's passdb answers for `address` (a wrong password: refused, not failed).
+
+    On SQLite, Dovecot's connection answers "temporary failure" once after another test
+    re-created the dovecot_users view (tests/portal/test_dbviews.py) and then reconnects;
+    this test is about Delta Chat, so it starts once Dovecot reads the database again.
+    """
+    for _ in range(5):
+        result = dovecot.doveadm("auth", "test", address, "not-the-password", check=False)
+        if (
+            "auth failed" in (result.stdout + result.stderr).lower()
+            and "temporary" not in (result.stdout + result.stderr).lower()
+        ):
+            return
+        time.sleep(0.5)
+    pytest.fail(f"Dovecot did not answer for {address}: {dovecot.log_tail()}")
 
 
 def test_onboarding_created_via_matches_the_accounts_choice() -> None:
