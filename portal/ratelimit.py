@@ -40,6 +40,12 @@ REGISTRATION_VERIFY = Policy(
     group="accounts.register.verify", rate_setting="REGISTRATION_VERIFY_RATE"
 )
 
+# Hosted registration pages (/register/<slug>/): each client address may make
+# REGISTRATION_PAGE_RATE attempts (30 an hour) in a fixed window: every POST that checks an
+# onboarding token, an address or a password counts, accepted or not. Enough for a person
+# who mistypes a few times; stops one host from probing which names exist or filling a
+# domain with accounts. Leaving the flow (cancel, back) is never counted.
+REGISTRATION_PAGES = Policy(group="providers.register_page", rate_setting="REGISTRATION_PAGE_RATE")
 
 # Suggestions (GET /api/v1/suggestions): each client address may ask SUGGESTION_RATE (30 a
 # minute; admins may change it in "suggestion settings") in a fixed window. One query makes

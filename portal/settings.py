@@ -354,6 +354,10 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
 CSRF_TRUSTED_ORIGINS = [PORTAL_BASE_URL]
+# Pages send the CSRF value as a form field, so no script needs to read the cookie.
+CSRF_COOKIE_HTTPONLY = True
+# A friendly, translated page (with a way back into the flow) instead of Django's bare 403.
+CSRF_FAILURE_VIEW = "portal.views.csrf_failure"
 if PORTAL_HTTPS:
     SECURE_SSL_REDIRECT = True
     # Behind a TLS proxy the scheme arrives in X-Forwarded-Proto. That header is only
@@ -362,6 +366,9 @@ if PORTAL_HTTPS:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
+    # __Host-: the browser keeps it only if Secure, Path=/ and without Domain (RELIABILITY.md
+    # check 14), so no sibling host can plant one. Over plain http it would be dropped.
+    CSRF_COOKIE_NAME = "__Host-csrftoken"
     SECURE_HSTS_SECONDS = 31_536_000
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     # The preload directive only states consent; nothing is submitted to any list.
@@ -393,6 +400,11 @@ REGISTRATION_VERIFY_RATE = "30/h"
 REGISTRATION_MAX_BODY_BYTES = 16_384
 # DCACCOUNT redemptions (POST /dcaccount/<token>, /new_email) per client address.
 DCACCOUNT_RATE = "60/h"
+# Hosted registration pages (/register/<slug>/): attempts (each POST that checks a token,
+# an address or a password) per client address.
+REGISTRATION_PAGE_RATE = "30/h"
+# How long one page of the registration flow stays valid (seconds): its signed state expires.
+REGISTRATION_FLOW_MAX_AGE = 3600
 
 # ---------------------------------------------------------------------------------------------
 # Mail-domain settings

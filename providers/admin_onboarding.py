@@ -1,4 +1,4 @@
-"""The onboarding console: tokens behind DCACCOUNT codes, their codes shown once, logos.
+"""The onboarding console: tokens behind DCACCOUNT codes, and their codes shown once.
 
 Registered from providers/admin.py (kept out of it for size). Token secrets exist only when
 a token is issued or given a new secret: that response is the token's printable page (code,
@@ -8,7 +8,6 @@ PNG and SVG downloads, PDF poster), never cached (admin pages are never_cache).
 from __future__ import annotations
 
 import base64
-import io
 from datetime import timedelta
 from typing import Any
 
@@ -24,13 +23,11 @@ from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
 from providers import durations, qr, sheets
-from providers.models import OnboardingToken, ProviderDomain, ProviderLogo
+from providers.models import OnboardingToken, ProviderDomain
 from providers.services import onboarding
 
 # Accounts listed on a token's page; the rest are one click away in the account list.
 LISTED_ACCOUNTS = 50
-LOGO_MAX_BYTES = 1_000_000
-LOGO_MAX_PIXELS = 600
 
 
 class DurationField(forms.CharField):
@@ -203,7 +200,7 @@ class OnboardingTokenAdmin(admin.ModelAdmin):
     def replace_secrets(
         self, request: HttpRequest, queryset: QuerySet[OnboardingToken]
     ) -> HttpResponse | None:
-        tokens = list(queryset.select_related("domain__provider__logo"))
+        tokens = list(queryset.select_related("domain__provider"))
         if request.POST.get("confirm") != "yes":
             context = {
                 **self.admin_site.each_context(request),
@@ -253,64 +250,3 @@ class OnboardingTokenAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
         }
         return TemplateResponse(request, "providers/admin/onboarding_once.html", context)
-
-
-# ----- provider logos (an inline of the provider page) -----------------------------------------
-
-
-class LogoForm(forms.ModelForm):
-    upload = forms.ImageField(
-        label=_("logo file"),
-        required=False,
-        help_text=_("PNG, JPEG or GIF up to 1 MB; printed on onboarding sheets."),
-    )
-
-    class Meta:
-        model = ProviderLogo
-        fields: list[str] = []
-
-    def clean_upload(self) -> Any:
-        upload = self.cleaned_data.get("upload")
-        if not upload:
-            if self.instance.pk is None:
-                raise ValidationError(_("Choose an image file."))
-            return None
-        if upload.size > LOGO_MAX_BYTES:
-            raise ValidationError(_("The image is larger than 1 MB."))
-        from PIL import Image
-
-        try:
-            image = Image.open(upload)
-            image.load()
-        except Exception:  # Pillow raises many kinds for a broken file
-            raise ValidationError(_("This file is not an image Pillow can read.")) from None
-        image.thumbnail((LOGO_MAX_PIXELS, LOGO_MAX_PIXELS))
-        buffer = io.BytesIO()
-        image.convert("RGBA").save(buffer, format="PNG")
-        return buffer.getvalue()
-
-    def save(self, commit: bool = True) -> Any:
-        png = self.cleaned_data.get("upload")
-        if png:
-            self.instance.png = png
-        return super().save(commit=commit)
-
-
-class LogoInline(admin.StackedInline):
-    model = ProviderLogo
-    form = LogoForm
-    extra = 0
-    max_num = 1
-    fields = ["preview", "upload"]
-    readonly_fields = ["preview"]
-    verbose_name = _("logo")
-    verbose_name_plural = _("logo (for onboarding sheets)")
-
-    @admin.display(description=_("current logo"))
-    def preview(self, logo: ProviderLogo) -> str:
-        if not logo.pk:
-            return "-"
-        data = base64.b64encode(bytes(logo.png)).decode()
-        return format_html(
-            '<img src="data:image/png;base64,{}" alt="" style="max-height:60px">', data
-        )

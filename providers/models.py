@@ -89,6 +89,20 @@ class Registration(models.TextChoices):
     CLOSED = "closed", _("closed")
 
 
+class CancelAnswer(models.TextChoices):
+    """What the hosted registration page answers when the person cancels (specs/provisioner.md)."""
+
+    DOCUMENT = "document", _("the USER_CANCEL document (mail clients close the page)")
+    PAGE = "page", _("an HTML goodbye page")
+
+
+# Logos shown on the registration pages: raster images or SVG, small enough to embed in a
+# row and serve from any web process (no shared media storage needed).
+LOGO_MAX_BYTES = 256 * 1024
+LOGO_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/svg+xml")
+_ACCENT_COLOR = re.compile(r"^#[0-9a-f]{6}$")
+
+
 class ProviderQuerySet(models.QuerySet["Provider"]):
     def enabled(self) -> ProviderQuerySet:
         return self.filter(enabled=True)
@@ -139,6 +153,14 @@ class ProviderQuerySet(models.QuerySet["Provider"]):
             .filter(models.Q(hosted=False) | models.Q(registration=Registration.OPEN))
             .distinct()
         )
+
+
+class ProviderManager(models.Manager.from_queryset(ProviderQuerySet)):  # type: ignore[misc]
+    """Providers without their logo's bytes: only the logo view reads them (lazily)."""
+
+    def get_queryset(self) -> ProviderQuerySet:
+        queryset: ProviderQuerySet = super().get_queryset().defer("logo")
+        return queryset
 
 
 class Provider(models.Model):
@@ -262,10 +284,35 @@ class Provider(models.Model):
             "credentials that must work at once."
         ),
     )
+    accent_color = models.CharField(
+        "accent colour",
+        max_length=7,
+        blank=True,
+        help_text=_(
+            "Colour of buttons and links on the registration pages, e.g. #0b5cad. Empty: the "
+            "portal's blue. Text on it is black or white, whichever reads better."
+        ),
+    )
+    # The logo itself (at most LOGO_MAX_BYTES), served at /register/<slug>/logo; see
+    # providers.branding for what is accepted.
+    logo = models.BinaryField(blank=True, default=b"", editable=False)
+    logo_type = models.CharField(
+        "logo type", max_length=20, blank=True, editable=False, help_text=_("Set on upload.")
+    )
+    cancel_answer = models.CharField(
+        "when someone cancels",
+        max_length=10,
+        choices=CancelAnswer.choices,
+        default=CancelAnswer.DOCUMENT,
+        help_text=_(
+            "Mail clients such as Thunderbird close their registration tab on the document; "
+            "the goodbye page suits people who arrive with an ordinary browser."
+        ),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
-    objects = ProviderQuerySet.as_manager()
+    objects = ProviderManager()
 
     class Meta:
         ordering = ["name"]
@@ -282,6 +329,14 @@ class Provider(models.Model):
             models.CheckConstraint(
                 condition=models.Q(password_min_length__gte=8),
                 name="provider_password_min_length_gte_8",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(cancel_answer__in=CancelAnswer.values),
+                name="provider_cancel_answer_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(logo_type="") | models.Q(logo_type__in=LOGO_TYPES),
+                name="provider_logo_type_valid",
             ),
         ]
 
@@ -307,14 +362,6 @@ class Provider(models.Model):
     @property
     def effective_suggestion_count(self) -> int:
         return int(self.suggestion_count or settings.SUGGESTION_COUNT)
-
-    @property
-    def logo_png(self) -> bytes | None:
-        """The logo's PNG bytes, or None (select_related("logo") spares the query)."""
-        try:
-            return bytes(self.logo.png)
-        except ProviderLogo.DoesNotExist:
-            return None
 
     def missing_list_fields(self) -> list[str]:
         """What keeps this provider out of the provider list (empty: nothing)."""
@@ -344,6 +391,9 @@ class Provider(models.Model):
             errors["countries"] = _("Use two-letter ISO 3166-1 codes such as DE or FR, or *.")
         else:
             self.countries = ",".join(countries)
+        self.accent_color = (self.accent_color or "").strip().lower()
+        if self.accent_color and not _ACCENT_COLOR.match(self.accent_color):
+            errors["accent_color"] = _("Enter a colour as # and six hex digits, e.g. #0b5cad.")
         if (self.username_min_length or 0) > (self.username_max_length or 0):
             errors["username_min_length"] = _("The shortest length is above the longest.")
         if set(self.username_punctuation or "") - set(".-_"):
@@ -380,6 +430,19 @@ class Provider(models.Model):
         Remote providers configure their own clients; hosted ones must say where mail is.
         """
         return ("domains", "incoming", "outgoing") if self.hosted else ("domains",)
+
+    def registration_gate(self) -> str:
+        """How a public front door may register here: a Registration value.
+
+        CLOSED also when the provider is disabled or remote (its own site registers).
+        """
+        if not self.enabled or not self.hosted or self.registration == Registration.CLOSED:
+            return Registration.CLOSED
+        return str(self.registration)
+
+    @property
+    def has_logo(self) -> bool:
+        return bool(self.logo_type)
 
     @property
     def primary_domain(self) -> str:
@@ -752,21 +815,6 @@ def _network_error(value: str, exc: ValueError) -> str:
             "fixed": fixed,
         }
     return str(_("%(value)s is not an IP address or network.")) % {"value": value}
-
-
-class ProviderLogo(models.Model):
-    """A provider's logo as PNG, printed on onboarding sheets.
-
-    In the database rather than a media folder (web and worker machines share nothing
-    else), and in a table of its own so that provider queries never carry the bytes.
-    """
-
-    provider = models.OneToOneField(Provider, on_delete=models.CASCADE, related_name="logo")
-    png = models.BinaryField(editable=False)
-    updated_at = models.DateTimeField(auto_now=True)
-
-    def __str__(self) -> str:
-        return f"logo of {self.provider_id}"
 
 
 def token_digest(secret: str) -> str:

@@ -83,6 +83,27 @@ def language_of(languages: Sequence[str]) -> str:
     return DEFAULT_LANGUAGE
 
 
+def print_logo(data: bytes, content_type: str) -> bytes | None:
+    """A provider's logo (providers.branding's types) as PNG for a card, or None.
+
+    Raster logos are converted (fpdf2 reads PNG, JPEG and GIF, not WebP) and shrunk to at
+    most 600 px; an SVG logo is left off printed cards (None).
+    """
+    if not data or not content_type.startswith("image/") or content_type == "image/svg+xml":
+        return None
+    from PIL import Image
+
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception:  # Pillow raises many kinds for a broken file; the card goes without
+        return None
+    image.thumbnail((600, 600))
+    buffer = io.BytesIO()
+    image.convert("RGBA").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def svg_markup(text: str) -> str:
     """Inline SVG of a code, for HTML sheets (no XML declaration)."""
     document = qr.svg(text).decode()

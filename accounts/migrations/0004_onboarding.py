@@ -17,7 +17,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0003_mailbox_state'),
-        ('providers', '0005_onboarding_tokens'),
+        ('providers', '0006_onboarding_tokens'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -30,6 +30,7 @@ from accounts.models import MailAccount, SheetJob
 from accounts.services.accounts import reset_password
 from portal.errors import InvalidInput, NotFound, PortalError
 from providers import qr, sheets
+from providers.models import Provider
 
 logger = logging.getLogger(__name__)
 
@@ -70,15 +71,23 @@ def login_text(account: MailAccount, password: str) -> str:
     return qr.dclogin_text(address=account.address, password=password, imap=imap, smtp=smtp)
 
 
-def card_for(account: MailAccount, text: str) -> sheets.Card:
-    """One sheet card: the code `text`, the address, the provider and its instructions."""
+def card_for(account: MailAccount, text: str, logos: dict[int, bytes | None]) -> sheets.Card:
+    """One sheet card: the code `text`, the address, the provider, its instructions and logo.
+
+    `logos` caches each provider's printable logo (one query per provider, not per card).
+    """
     provider = account.domain.provider
+    if provider.pk not in logos:
+        data, content_type = Provider.objects.filter(pk=provider.pk).values_list(
+            "logo", "logo_type"
+        )[0]
+        logos[provider.pk] = sheets.print_logo(bytes(data), content_type)
     return sheets.Card(
         qr_text=text,
         title=account.address,
         provider_name=provider.name,
         instructions=sheets.instructions_for(provider.language_list),
-        logo_png=provider.logo_png,
+        logo_png=logos[provider.pk],
     )
 
 
@@ -91,6 +100,7 @@ def login_codes(
     code shown is logged as an audit event (who, which address; never the code).
     """
     codes = []
+    logos: dict[int, bytes | None] = {}
     for account, password in rows:
         try:
             text = login_text(account, password)
@@ -98,7 +108,9 @@ def login_codes(
             logger.info("no DCLOGIN code for %s: %s", account.address, exc)
             continue
         codes.append(
-            LoginCode(account=account, code=sheets.printable(text), card=card_for(account, text))
+            LoginCode(
+                account=account, code=sheets.printable(text), card=card_for(account, text, logos)
+            )
         )
         logger.info("DCLOGIN code shown for %s to %s", account.address, shown_to or "-")
     return codes
@@ -151,19 +163,20 @@ def build_sheet(*, job_id: int) -> SheetJob | None:
     job = SheetJob.objects.get(pk=job_id)
     accounts = (
         MailAccount.objects.filter(pk__in=job.account_ids)
-        .select_related("domain__provider__logo")
+        .select_related("domain__provider")
         .prefetch_related("domain__provider__servers")
         .order_by("domain__name", "local_part")
     )
     problems: list[str] = []
     cards: list[sheets.Card] = []
+    logos: dict[int, bytes | None] = {}
     found = 0
     for account in accounts:
         found += 1
         try:
             qr.first_servers(server.as_autoconfig() for server in account.provider.servers.all())
             password = reset_password(account=account)
-            cards.append(card_for(account, login_text(account, password)))
+            cards.append(card_for(account, login_text(account, password), logos))
         except (PortalError, qr.QRFormatError) as exc:
             problems.append(f"{account.address}: {getattr(exc, 'message', exc)}")
         if found % PROGRESS_EVERY == 0:

@@ -131,7 +131,7 @@ def token_card(issued: IssuedToken) -> sheets.Card:
         title=sheets.NEW_ADDRESS[language].format(domain=issued.token.domain.display_name),
         provider_name=provider.name,
         instructions=sheets.INSTRUCTIONS[language],
-        logo_png=provider.logo_png,
+        logo_png=sheets.print_logo(bytes(provider.logo), provider.logo_type),
     )
 
 

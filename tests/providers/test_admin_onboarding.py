@@ -12,11 +12,10 @@ from typing import Any
 import pypdfium2
 import pytest
 import zxingcpp
-from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 
 from accounts.models import MailAccount
-from providers.models import OnboardingToken, Provider, ProviderLogo, token_digest
+from providers.models import OnboardingToken, Provider, token_digest
 from providers.services import onboarding
 
 pytestmark = pytest.mark.django_db
@@ -182,34 +181,17 @@ def test_new_secrets_ask_first_then_show_the_new_codes_once(
     assert MailAccount.objects.count() == 0
 
 
-def test_a_provider_logo_is_uploaded_converted_to_png_and_printed(admin_client: Any) -> None:
-    from tests.providers.test_admin import IMAP, SMTP, provider_form
+def test_the_token_page_prints_the_providers_logo(
+    admin_client: Any, provider: Provider, settings: Any
+) -> None:
+    settings.PORTAL_BASE_URL = "https://portal.example.org"
+    logo = io.BytesIO()
+    Image.new("RGB", (900, 300), (10, 120, 200)).save(logo, format="WEBP")
+    Provider.objects.filter(pk=provider.pk).update(logo=logo.getvalue(), logo_type="image/webp")
 
-    image = io.BytesIO()
-    Image.new("RGB", (1200, 300), (10, 120, 200)).save(image, format="JPEG")
-    data = provider_form(domains=["example.org"], incoming=[IMAP], outgoing=[SMTP])
-    data["logo-TOTAL_FORMS"] = "1"
-    data["logo-0-upload"] = SimpleUploadedFile("logo.jpg", image.getvalue(), "image/jpeg")
+    html = add_token(admin_client, provider).content.decode()
 
-    response = admin_client.post("/admin/providers/provider/add/", data)
-
-    assert response.status_code == HTTPStatus.FOUND, response.context["errors"]
-    provider = Provider.objects.get(slug="demo")
-    logo = Image.open(io.BytesIO(provider.logo_png or b""))
-    assert logo.format == "PNG" and logo.size == (600, 150)
-    change = admin_client.get(f"/admin/providers/provider/{provider.pk}/change/")
-    assert b'src="data:image/png;base64,' in change.content
-
-
-def test_a_file_that_is_no_image_is_refused_as_a_logo(admin_client: Any) -> None:
-    from tests.providers.test_admin import IMAP, SMTP, provider_form
-
-    data = provider_form(domains=["example.org"], incoming=[IMAP], outgoing=[SMTP])
-    data["logo-TOTAL_FORMS"] = "1"
-    data["logo-0-upload"] = SimpleUploadedFile("logo.png", b"not an image", "image/png")
-
-    response = admin_client.post("/admin/providers/provider/add/", data)
-
-    assert response.status_code == HTTPStatus.OK
-    assert not Provider.objects.filter(slug="demo").exists()
-    assert not ProviderLogo.objects.exists()
+    found = re.search(r'<img class="qr-logo" src="data:image/png;base64,([^"]+)"', html)
+    assert found
+    printed = Image.open(io.BytesIO(base64.b64decode(found.group(1))))
+    assert printed.format == "PNG" and printed.size == (600, 200)

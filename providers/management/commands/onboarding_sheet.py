@@ -35,11 +35,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, token: str, out: Path, new_secret: bool, **options: Any) -> None:
         if out.suffix.lower() not in FORMATS:
             raise CommandError(f"--out must end in {', '.join(FORMATS)}")
-        row = (
-            OnboardingToken.objects.filter(name=token)
-            .select_related("domain__provider__logo")
-            .first()
-        )
+        row = OnboardingToken.objects.filter(name=token).select_related("domain__provider").first()
         if row is None:
             raise CommandError(f"No onboarding token named {token!r}.")
         if new_secret:

@@ -1,6 +1,6 @@
-"""Onboarding tokens (DCACCOUNT), provider logos, and the approval help text.
+"""Onboarding tokens (DCACCOUNT), and the approval help text.
 
-New tables only, plus a help text: wrapped in keep_sqlite_views all the same
+A new table, plus a help text: wrapped in keep_sqlite_views all the same
 (CONTRIBUTING.md), since the help text alters a field of providers_provider, which the
 dovecot_users view reads.
 """
@@ -16,7 +16,7 @@ from portal.dbviews import keep_sqlite_views
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('providers', '0004_provider_require_approval'),
+        ('providers', '0005_registration_pages'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
@@ -25,15 +25,6 @@ class Migration(migrations.Migration):
             model_name='provider',
             name='require_approval',
             field=models.BooleanField(default=False, help_text='New accounts from the public front doors (registration pages, API) cannot log in anywhere until an administrator approves them in the account list. QR onboarding tokens (DCACCOUNT) are refused for such a provider: they hand out credentials that must work at once.', verbose_name="require an administrator's approval"),
-        ),
-        migrations.CreateModel(
-            name='ProviderLogo',
-            fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('png', models.BinaryField()),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('provider', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='logo', to='providers.provider')),
-            ],
         ),
         migrations.CreateModel(
             name='OnboardingToken',
