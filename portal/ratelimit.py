@@ -61,6 +61,12 @@ REGISTRATION_PAGES = Policy(group="providers.register_page", rate_setting="REGIS
 # hammer providers' suggestion engines (the provisioner seed: "N queries per M minutes").
 SUGGESTIONS = Policy(group="providers.suggestions", rate_setting="SUGGESTION_RATE")
 
+# DCACCOUNT redemptions (POST /dcaccount/<token>, /new_email?t=): each client address may
+# send DCACCOUNT_RATE of them (60 an hour), valid or not. Enough for a class or a workshop
+# behind one NAT address scanning one code; guessing a 192-bit token is hopeless anyway,
+# so the limit is about one host draining a token's uses or the mail server's capacity.
+DCACCOUNT = Policy(group="providers.dcaccount", rate_setting="DCACCOUNT_RATE")
+
 # Push subscriptions: each client address may create PUSH_SUBSCRIPTION_RATE subscriptions
 # (60 an hour: a phone re-subscribes after every reconnect push, several apps share a NAT).
 PUSH_SUBSCRIBE = Policy(group="pushproxy.subscribe", rate_setting="PUSH_SUBSCRIPTION_RATE")

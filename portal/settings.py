@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -316,6 +317,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "reconcile-mailboxes": {"task": "accounts.reconcile_mailboxes", "schedule": 300.0},
     # Self-service sessions past their idle or maximum age (they open nothing already; hourly).
     "purge-sessions": {"task": "accounts.purge_sessions", "schedule": 3600.0},
+    # Temporary accounts of onboarding tokens: disable when their lifetime ends, delete
+    # TEMPORARY_ACCOUNT_GRACE later (accounts/services/lifetime.py; every 5 minutes).
+    "end-expired-accounts": {"task": "accounts.end_expired_accounts", "schedule": 300.0},
+    # Onboarding sheets hold passwords: gone an hour after they were asked for.
+    "purge-sheets": {"task": "accounts.purge_sheets", "schedule": 300.0},
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -404,6 +410,8 @@ REGISTRATION_MAX_BODY_BYTES = 16_384
 LOGIN_FAILURES_PER_IP_RATE = "10/m"
 LOGIN_FAILURES_PER_ACCOUNT_RATE = "100/h"
 LOGIN_PREP_RATE = "60/m"
+# DCACCOUNT redemptions (POST /dcaccount/<token>, /new_email) per client address.
+DCACCOUNT_RATE = "60/h"
 # Hosted registration pages (/register/<slug>/): attempts (each POST that checks a token,
 # an address or a password) per client address.
 REGISTRATION_PAGE_RATE = "30/h"
@@ -477,6 +485,13 @@ if not 0 < ACCOUNT_SESSION_IDLE_SECONDS <= ACCOUNT_SESSION_MAX_SECONDS:
     )
 # A LoginPrep token is good for one Login within this many seconds.
 LOGIN_TOKEN_SECONDS = 600
+
+# Temporary accounts (onboarding tokens with an account lifetime) are disabled when the
+# lifetime ends and deleted this much later, so an administrator can still rescue one.
+TEMPORARY_ACCOUNT_GRACE = timedelta(days=7)
+# A batch onboarding sheet (it holds passwords) is deleted at its first download or after
+# this long, whichever comes first.
+ONBOARDING_SHEET_LIFETIME = timedelta(hours=1)
 
 # How long clients may cache an autoconfig document (it also carries an ETag).
 AUTOCONFIG_MAX_AGE = 3600
@@ -599,8 +614,12 @@ LOGGING = {
     "formatters": {
         "line": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
+    "filters": {
+        # Onboarding tokens in logged URLs (Django's request log, runserver) are masked.
+        "redact": {"()": "portal.redact.RedactingFilter"},
+    },
     "handlers": {
-        "stderr": {"class": "logging.StreamHandler", "formatter": "line"},
+        "stderr": {"class": "logging.StreamHandler", "formatter": "line", "filters": ["redact"]},
     },
     "root": {"handlers": ["stderr"], "level": "INFO"},
     "loggers": {

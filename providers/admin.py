@@ -17,7 +17,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
-from providers import branding
+from providers import admin_onboarding, branding  # noqa: F401 (admin_onboarding registers)
 from providers.domains import to_unicode
 from providers.models import (
     INCOMING_TYPES,

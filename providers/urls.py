@@ -1,5 +1,5 @@
-"""URLs of providers: autoconfig documents, the provider-side suggestion engine and the
-hosted registration pages."""
+"""URLs of providers: autoconfig documents, DCACCOUNT, the provider-side suggestion engine
+and the hosted registration pages."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ urlpatterns = [
     path("autodiscover/autodiscover.xml", views.autodiscover, name="autodiscover"),
     path("Autodiscover/Autodiscover.xml", views.autodiscover),
     path("mobileconfig", views.mobileconfig, name="mobileconfig"),
+    path("dcaccount/<str:token>", views.dcaccount, name="dcaccount"),
+    path("new_email", views.new_email, name="new-email"),
     path(
         "providers/<slug:slug>/suggest", api.ProviderSuggestView.as_view(), name="provider-suggest"
     ),

@@ -7,6 +7,7 @@ import secrets
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from types import SimpleNamespace
 from typing import ClassVar
 
@@ -40,7 +41,7 @@ from accounts.services.names import (
 )
 from portal.errors import Conflict, Forbidden, InvalidInput, ServiceUnavailable
 from providers.domains import DomainError, to_ascii
-from providers.models import ProviderDomain, Registration
+from providers.models import OnboardingToken, ProviderDomain, Registration
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +223,8 @@ def create_account(
     third_pids: Sequence[tuple[str, str]] = (),
     status: AccountStatus | None = None,
     token_ok: bool = False,
+    onboarding_token: OnboardingToken | None = None,
+    expires_at: datetime | None = None,
 ) -> MailAccount:
     """Create a mail account and its mailbox, all or nothing.
 
@@ -229,6 +232,9 @@ def create_account(
     door it came through, optional third-party IDs as (kind, value). `token_ok` says the
     caller redeemed an onboarding token (needed where registration is "token"). `status`
     defaults to initial_status(); pass PENDING for an account awaiting email verification.
+    `onboarding_token` is recorded on the row (committed with it: the token's uses and its
+    accounts agree), `expires_at` ends a temporary account's lifetime
+    (accounts.services.lifetime).
     Errors: `reg_disabled` (domain not hosted, closed, or token needed), `invalid_username`,
     `weak_password`, `invalid_email` / `invalid_msisdn`, `id_exists` (address or a
     third-party ID taken, also when a concurrent request won the race: the unique
@@ -263,6 +269,8 @@ def create_account(
         status=status or initial_status(row, created_via),
         mailbox_state=MailboxState.CREATING,
         created_via=created_via,
+        onboarding_token=onboarding_token,
+        expires_at=expires_at,
     )
     try:
         _insert(account, pids)

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('accounts', '0003_mailbox_state'),
+        ('accounts', '0004_onboarding'),
     ]
 
     operations = [
