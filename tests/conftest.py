@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from django.conf import settings as django_settings
@@ -61,14 +65,99 @@ def redis_client() -> Any:
 
 @pytest.fixture
 def cache_down(settings: Any) -> None:
-    """Point the cache at a closed port: rate limits must fail closed (RELIABILITY.md 7)."""
+    """Point the cache at a closed port: rate limits must fail closed (RELIABILITY.md 7).
+
+    With the options of the real configuration (REDIS_CACHE_OPTIONS), so that how long the
+    refusal takes is the deployment's.
+    """
     settings.CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": f"redis://127.0.0.1:{_free_port()}/0",
-            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+            "OPTIONS": django_settings.REDIS_CACHE_OPTIONS,
         }
     }
+
+
+class TcpProxy:
+    """A TCP forwarder to a real server that can stop (its connections cut, its port
+    refusing) and start again on the same port: the server going down and coming back,
+    as its clients see it, without touching a server that other test runs share."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port: int = probe.getsockname()[1]
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self.url = ""  # set by whoever knows the protocol (fixture redis_proxy)
+        self.start()
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            sockets, self._sockets = self._sockets, []
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+            listener.close()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # stopped
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                if self._listener is not listener:  # stopped meanwhile
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def redis_proxy(redis_client: Any) -> Iterator[TcpProxy]:
+    """The configured Redis behind a TcpProxy; its `url` is REDIS_URL (credentials,
+    database) through the proxy."""
+    parts = urlsplit(django_settings.REDIS_URL)
+    proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 6379))
+    userinfo = parts.netloc.rpartition("@")[0]
+    credentials = f"{userinfo}@" if userinfo else ""
+    proxy.url = parts._replace(netloc=f"{credentials}127.0.0.1:{proxy.port}").geturl()
+    yield proxy
+    proxy.stop()
 
 
 @pytest.fixture

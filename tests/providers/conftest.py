@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import signal
 import socket
 import ssl
 import struct
@@ -264,10 +265,29 @@ def make_remote_provider(
     return make
 
 
+@dataclass
+class SuggestWorker:
+    """The fixture's worker: its node name, its process and the file its output goes to."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Stop the process (SIGSTOP) for the block: a worker that consumes nothing."""
+        self.process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.process.send_signal(signal.SIGCONT)
+
+
 @pytest.fixture(scope="session")
-def celery_worker() -> Iterator[str]:
+def celery_worker() -> Iterator[SuggestWorker]:
     """A real Celery worker process on the `suggest` queue, through the configured Redis.
 
+    Started as deploy/Procfile starts the `suggest` worker (threads pool, log level INFO).
     Its broker and results are REDIS_URL's database (the test run's own), so no other
     checkout's worker consumes its tasks. Fails under REQUIRE_SERVICES without Redis.
     """
@@ -278,13 +298,13 @@ def celery_worker() -> Iterator[str]:
     command = [
         sys.executable, "-m", "celery", "-A", "portal", "worker",
         "-Q", "suggest", "-P", "threads", "-c", "16", "-n", name,
-        "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "WARNING",
+        "--without-mingle", "--without-gossip", "--without-heartbeat", "--loglevel", "INFO",
     ]  # fmt: skip
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         _wait_for_worker(process, log_path)
-        yield name
+        yield SuggestWorker(name=name, process=process, log=log_path)
     finally:
         process.terminate()
         try:
