@@ -8,6 +8,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+from django.db.models import Q
+
 from accounts.services.accounts import available_local_parts
 from portal.errors import Forbidden, InvalidInput, NotFound
 from providers import localparts, provisioner
@@ -99,14 +101,32 @@ def hosted_answer(*, provider: Provider, query: NameQuery) -> provisioner.Answer
     return provisioner.hosted_answer(provider_id, addresses, provider.price, latency_ms)
 
 
-def answer_suggestion_client(
-    *, slug: str, client_address: str, token: str, query: NameQuery
-) -> provisioner.Answer:
+def check_suggestion_client(*, slug: str, client_address: str, token: str) -> None:
+    """NotAllowed unless a suggestion-client row for every hosted provider, or for the
+    provider by `slug`, admits `client_address` (the peer, see portal.proxies.client_ip)
+    with `token`.
+
+    The first thing /providers/<slug>/suggest checks, before the input and before looking
+    the slug up: whoever may not ask learns nothing, not even whether the slug exists or
+    what is wrong with a name. One query; it does not tell an unknown slug from a known one.
+    """
+    try:
+        address = ipaddress.ip_address(client_address)
+    except ValueError:
+        raise NotAllowed() from None
+    rows = SuggestionClient.objects.filter(
+        Q(provider__isnull=True) | Q(provider__slug=slug)
+    ).only("network", "token_sha256")
+    if not any(row.admits(address, token) for row in rows):
+        logger.info("suggest %s: refused %s", slug, client_address)
+        raise NotAllowed()
+
+
+def answer_suggestion_client(*, slug: str, query: NameQuery) -> provisioner.Answer:
     """The suggestion entry for an aggregator calling /providers/<slug>/suggest.
 
-    Errors: `not_found` (no enabled hosted provider by that slug), `not_allowed` (the
-    caller's address is in no suggestion-client network of this provider or of every
-    hosted provider, or its network asks for a token and the right one was not sent).
+    For a caller check_suggestion_client has admitted. Errors: `not_found` (no enabled
+    hosted provider by that slug).
     """
     provider = (
         Provider.objects.enabled()
@@ -116,23 +136,7 @@ def answer_suggestion_client(
     )
     if provider is None:
         raise NotFound("No hosted provider by that name.")
-    check_suggestion_client(provider=provider, client_address=client_address, token=token)
     return hosted_answer(provider=provider, query=query)
-
-
-def check_suggestion_client(*, provider: Provider, client_address: str, token: str) -> None:
-    """NotAllowed unless a suggestion-client row of this provider (or a global one) admits
-    `client_address` (the peer, see portal.proxies.client_ip) with `token`."""
-    try:
-        address = ipaddress.ip_address(client_address)
-    except ValueError:
-        raise NotAllowed() from None
-    rows = SuggestionClient.objects.filter(provider__isnull=True) | SuggestionClient.objects.filter(
-        provider=provider
-    )
-    if not any(row.admits(address, token) for row in rows):
-        logger.info("suggest %s: refused %s", provider.slug, client_address)
-        raise NotAllowed()
 
 
 def _main_domain(provider: Provider) -> ProviderDomain | None:

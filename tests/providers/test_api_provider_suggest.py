@@ -179,3 +179,30 @@ def test_bad_names_are_a_400_for_allowed_callers(client: Client, provider: Provi
 
     assert response.status_code == HTTPStatus.BAD_REQUEST
     assert response.json()["code"] == "name_too_long"
+
+
+def test_a_stranger_gets_403_whatever_the_slug_or_the_input(
+    client: Client, provider: Provider, make_provider: Callable[..., Provider]
+) -> None:
+    # Allowed elsewhere: 192.0.2.10 for every hosted provider, 192.0.2.20 for "other" only.
+    allow("192.0.2.10")
+    allow("192.0.2.20", provider=make_provider(domains=("other.example",)))
+    long_name = {"first_name": "x" * 500}
+    asked = [
+        ("192.0.2.99", URL, QUERY),  # a stranger, a good question
+        ("192.0.2.99", "/providers/nothing/suggest", QUERY),  # an unknown slug
+        ("192.0.2.99", URL, long_name),  # a name too long (400 for those allowed)
+        ("192.0.2.99", URL, {"first_name": "a\x00b"}),  # refused by the serializer itself
+        ("192.0.2.99", URL, {"country": "Germany"}),
+        ("192.0.2.20", URL, QUERY),  # allowed for another provider only
+        ("192.0.2.20", "/providers/nothing/suggest", long_name),
+    ]
+
+    answers = [client.get(url, params, REMOTE_ADDR=ip) for ip, url, params in asked]
+
+    assert [a.status_code for a in answers] == [HTTPStatus.FORBIDDEN] * len(asked)
+    assert {a.json()["code"] for a in answers} == {"not_allowed"}
+    # The same bodies: nothing tells an unknown slug or a bad name from a good one.
+    assert len({a.content for a in answers}) == 1
+    allowed = client.get("/providers/nothing/suggest", QUERY, REMOTE_ADDR="192.0.2.10")
+    assert allowed.status_code == HTTPStatus.NOT_FOUND
