@@ -6,11 +6,12 @@ import ipaddress
 import itertools
 import logging
 import time
+import unicodedata
 from dataclasses import dataclass
 
 from django.db.models import Q
 
-from accounts.services.accounts import available_local_parts
+from accounts.services.accounts import available_local_parts, reserved_names
 from portal.errors import Forbidden, InvalidInput, NotFound
 from providers import localparts, provisioner
 from providers.models import Provider, ProviderDomain, SuggestionClient
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 BATCH = 60
 MAX_BATCHES = 4
 MAX_NAME_LENGTH = 200
+# Control characters (Cc: NUL, escape, line breaks) and lone surrogates (Cs, not text).
+_REFUSED_CATEGORIES = {"Cc", "Cs"}
 
 
 class NotAllowed(Forbidden):
@@ -39,12 +42,16 @@ class NameQuery:
 
 
 def check_name_query(*, first_name: str, last_name: str, country: str = "") -> NameQuery:
-    """The query with its parts trimmed, or InvalidInput naming what is wrong.
+    """The query with its parts trimmed and in Unicode NFC, or InvalidInput naming what is
+    wrong.
 
     Codes: `name_missing` (both parts empty), `name_too_long` (a part longer than 200
-    characters), `invalid_name` (control characters), `invalid_country`.
+    characters), `invalid_name` (control characters or lone surrogates), `invalid_country`.
+    Format characters such as the zero-width non-joiner of Persian names, and any kind of
+    space, are part of how names are written and pass.
     """
-    first, last = first_name.strip(), last_name.strip()
+    first = unicodedata.normalize("NFC", first_name.strip())
+    last = unicodedata.normalize("NFC", last_name.strip())
     if not first and not last:
         raise InvalidInput("Give a first or a last name.", code="name_missing")
     for part in (first, last):
@@ -53,7 +60,7 @@ def check_name_query(*, first_name: str, last_name: str, country: str = "") -> N
                 f"A name part may have at most {MAX_NAME_LENGTH} characters.",
                 code="name_too_long",
             )
-        if not part.isprintable():
+        if any(unicodedata.category(char) in _REFUSED_CATEGORIES for char in part):
             raise InvalidInput("A name cannot hold control characters.", code="invalid_name")
     country = country.strip().upper()
     if country and not (len(country) == 2 and country.isascii() and country.isalpha()):
@@ -81,23 +88,37 @@ def suggest_addresses(*, provider: Provider, query: NameQuery) -> list[str]:
         country=query.country,
         max_length=provider.username_max_length,
     )
+    reserved: frozenset[str] | None = None  # read with the first batch, once
     for _batch in range(MAX_BATCHES):
         batch = list(itertools.islice(stream, BATCH))
         if not batch:
             break
-        found += [name for name in available_local_parts(domain, batch) if name not in found]
+        if reserved is None:
+            reserved = reserved_names()
+        available = available_local_parts(domain, batch, reserved=reserved)
+        found += [name for name in available if name not in found]
         if len(found) >= wanted:
             break
     return [f"{local_part}@{domain.name}" for local_part in found[:wanted]]
 
 
 def hosted_answer(*, provider: Provider, query: NameQuery) -> provisioner.Answer:
-    """suggest_addresses as one entry of the provisioner format (for the fan-out too)."""
+    """suggest_addresses as one entry of the provisioner format (for the fan-out too).
+
+    `declined`, as a remote provider's `succeeded: false`, when the provider is not offered
+    to clients (the provider list's rule, Provider.missing_list_fields: disabled, no terms
+    or privacy URL, registration closed or by invitation only) or when the name yields
+    nothing usable. Reads only.
+    """
     started = time.perf_counter()
-    addresses = suggest_addresses(provider=provider, query=query)
-    latency_ms = round((time.perf_counter() - started) * 1000)
     domain = _main_domain(provider)
     provider_id = domain.name if domain else ""
+    missing = provider.missing_list_fields()
+    if missing or domain is None:
+        why = ", ".join(missing) or "no domain"
+        return provisioner.failed(provider_id, provisioner.DECLINED, f"not offered: {why}")
+    addresses = suggest_addresses(provider=provider, query=query)
+    latency_ms = round((time.perf_counter() - started) * 1000)
     return provisioner.hosted_answer(provider_id, addresses, provider.price, latency_ms)
 
 
@@ -114,9 +135,9 @@ def check_suggestion_client(*, slug: str, client_address: str, token: str) -> No
         address = ipaddress.ip_address(client_address)
     except ValueError:
         raise NotAllowed() from None
-    rows = SuggestionClient.objects.filter(
-        Q(provider__isnull=True) | Q(provider__slug=slug)
-    ).only("network", "token_sha256")
+    rows = SuggestionClient.objects.filter(Q(provider__isnull=True) | Q(provider__slug=slug)).only(
+        "network", "token_sha256"
+    )
     if not any(row.admits(address, token) for row in rows):
         logger.info("suggest %s: refused %s", slug, client_address)
         raise NotAllowed()

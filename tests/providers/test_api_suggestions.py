@@ -136,7 +136,15 @@ def test_suggestions_refuse_bad_input_with_400_and_a_code(
 
 @pytest.mark.parametrize(
     "name",
-    [("José", "Müller"), ("Zoë", "O'Brien"), ("Владимир", "Петров"), ("李", "小龍"), ("Zoë", "")],
+    [
+        ("José", "Müller"),
+        ("Zoë", "O'Brien"),
+        ("Владимир", "Петров"),
+        ("李", "小龍"),
+        ("Zoë", ""),
+        ("محمد\u200cرضا", "رضایی"),  # noqa: RUF001 (Persian, a zero-width non-joiner inside)
+        ("Jean\u00a0Pierre", "Dupont"),  # a no-break space
+    ],
 )
 def test_suggestions_for_names_in_any_script_are_valid(
     client: Client, hosted: Provider, name: tuple[str, str]
