@@ -283,13 +283,15 @@ class _ThreadsPending(_Pending):
 
 
 class _CeleryPending(_Pending):
-    """The group's results, read from the result backend until the deadline.
+    """The group's results, collected until the deadline on our own clock.
 
-    Polled (one MGET of the results still missing every POLL_SECONDS) against our own
-    clock: Celery's join_native waits in whole seconds on the Redis backend whatever its
-    `interval` (a 0.3 s timeout took 1.02 s, 2.2 s took 3.03 s), past our deadline.
-    Between polls the backend's pub/sub connection is drained, which returns as soon as a
-    result is published and keeps the subscription's messages from piling up unread.
+    Celery's join_native waits in whole seconds on the Redis backend whatever its
+    `interval` (a 0.3 s timeout took 1.02 s, 2.2 s took 3.03 s), past our deadline. So the
+    wait is ours: the result backend's pub/sub is drained for at most what is left (it
+    returns as soon as a message arrives, and the messages mark our results ready), and the
+    results still missing are read with one MGET every POLL_SECONDS (every FALLBACK_SECONDS
+    where pub/sub delivers them) and once more at the deadline, in case a message was lost
+    while the pub/sub connection was being re-established.
     """
 
     def __init__(self, deadline: float, result: Any, requests: Sequence[RemoteRequest]) -> None:
@@ -299,27 +301,43 @@ class _CeleryPending(_Pending):
 
     def wait(self) -> dict[str, Answer]:
         backend = self.result.backend
-        missing = {
+        children = {child.id: child for child in self.result.results}
+        providers = {
             child.id: request.provider
             for child, request in zip(self.result.results, self.requests, strict=True)
         }
+        missing = set(children)
         answers: dict[str, Answer] = {}
+
+        def collect(task_id: str, meta: Mapping[str, Any]) -> None:
+            missing.discard(task_id)
+            answers[providers[task_id]] = _answer_from_meta(providers[task_id], meta)
+
         try:
+            pubsub = hasattr(backend, "add_pending_results")  # Redis: results are published
+            if pubsub:
+                backend.add_pending_results(list(children.values()), weak=True)
+            every = FALLBACK_SECONDS if pubsub else POLL_SECONDS
+            next_read = time.monotonic() + every
             while missing:
-                for task_id, meta in _ready_results(backend, list(missing)):
-                    provider = missing.pop(task_id)
-                    answers[provider] = _answer_from_meta(provider, meta)
-                left = self.deadline - time.monotonic()
-                if not missing or left <= 0:
+                for task_id in [t for t in missing if children[t].on_ready.ready]:
+                    child = children[task_id]  # its state is cached now: no round trip
+                    collect(task_id, {"status": child.state, "result": child.result})
+                now = time.monotonic()
+                if missing and (now >= next_read or now >= self.deadline):
+                    for task_id, meta in _ready_results(backend, list(missing)):
+                        collect(task_id, meta)
+                    next_read = now + every
+                if not missing or now >= self.deadline:
                     break
-                _idle(backend, min(POLL_SECONDS, left))
+                _idle(backend, min(self.deadline, next_read) - now)
         except Exception as exc:  # the result backend's own errors (redis-py, Celery)
             logger.warning("suggestions: result backend failed: %s", type(exc).__name__)
             answers |= {
-                provider: provisioner.failed(
-                    provider, provisioner.ERROR, "result backend unavailable"
+                providers[task_id]: provisioner.failed(
+                    providers[task_id], provisioner.ERROR, "result backend unavailable"
                 )
-                for provider in missing.values()
+                for task_id in missing
             }
         finally:
             self._forget()
@@ -335,9 +353,10 @@ class _CeleryPending(_Pending):
             logger.info("suggestions: could not forget results: %s", type(exc).__name__)
 
 
-# How often the fan-out looks for results in the result backend: the answer goes out at
-# most this long after the deadline or after the last result landed.
+# Reading the missing results from the result backend: this often where nothing tells us
+# that one has landed, this often where its pub/sub does (a safety net there).
 POLL_SECONDS = 0.02
+FALLBACK_SECONDS = 0.25
 
 
 def _ready_results(backend: Any, task_ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -350,7 +369,9 @@ def _ready_results(backend: Any, task_ids: list[str]) -> list[tuple[str, dict[st
 
 
 def _idle(backend: Any, seconds: float) -> None:
-    """Wait up to `seconds`, less if a result is published meanwhile."""
+    """Wait up to `seconds`, less if a message arrives on the result backend's pub/sub."""
+    if seconds <= 0:
+        return
     consumer = getattr(backend, "result_consumer", None)
     if consumer is None:
         time.sleep(seconds)
