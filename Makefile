@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/autoconfig.py
 	$(BIN)/python bench/register.py
 	$(BIN)/python bench/fanout.py
+	$(BIN)/python bench/push_sessions.py
 
 clean:
 	rm -rf $(VENV) var/static

@@ -8,6 +8,12 @@ import sys
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["run_push_monitor"]:
+        # The push monitor's sessions are greenlets: gevent must patch sockets, threads and
+        # select before Django, psycopg or imapclient import them (docs/push.md).
+        from gevent import monkey
+
+        monkey.patch_all()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
     from django.core.management import execute_from_command_line
 

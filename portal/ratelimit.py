@@ -47,6 +47,26 @@ REGISTRATION_VERIFY = Policy(
 # hammer providers' suggestion engines (the provisioner seed: "N queries per M minutes").
 SUGGESTIONS = Policy(group="providers.suggestions", rate_setting="SUGGESTION_RATE")
 
+# Push subscriptions: each client address may create PUSH_SUBSCRIPTION_RATE subscriptions
+# (60 an hour: a phone re-subscribes after every reconnect push, several apps share a NAT).
+PUSH_SUBSCRIBE = Policy(group="pushproxy.subscribe", rate_setting="PUSH_SUBSCRIPTION_RATE")
+
+# IMAP logins per IMAP account (host, port, user, mailbox), from any address: at most
+# PUSH_LOGIN_RATE (10 a minute), so a client stuck in a reconnect loop, or many clients
+# with one wrong password, cannot hammer a provider or lock the account out
+# (RELIABILITY.md check 21). Keyed on what the edge stored in request.ratelimit_subject.
+PUSH_LOGIN = Policy(
+    group="pushproxy.login", rate_setting="PUSH_LOGIN_RATE", key="portal.ratelimit.subject_key"
+)
+
+
+def subject_key(group: str, request: HttpRequest) -> str:
+    """django-ratelimit key: a value the edge computed (an account key), not the client."""
+    subject: str = getattr(request, "ratelimit_subject", "")
+    if not subject:
+        raise ValueError(f"{group}: set request.ratelimit_subject before enforcing")
+    return subject
+
 
 class RateLimited(PortalError):
     """Too many requests from this client in the current window."""

@@ -290,9 +290,10 @@ REDIS_CACHE_OPTIONS = {
 # kombu's and Celery's own retry loops (retry_over_time), for publishing and for the
 # result backend's pub/sub: one immediate retry, then the caller hears of the failure.
 # Their defaults, measured here with Redis refusing connections: kombu's
-# Connection.default_channel keeps trying for broker_connection_timeout (4 s, sleeping 2 s
-# between tries: ~6 s per publish without a retry policy), the result backend's pub/sub
-# 20 times a second apart (~19 s per send) before it gives up.
+# Connection.default_channel keeps trying for broker_connection_timeout (Celery's 4 s,
+# sleeping 2 s between tries: ~6 s per publish without a retry policy; bounded below by
+# CELERY_BROKER_CONNECTION_TIMEOUT too), the result backend's pub/sub 20 times a second
+# apart (~19 s per send) before it gives up.
 REDIS_QUICK_RETRY = {
     "max_retries": 1,
     "interval_start": 0,
@@ -340,6 +341,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": REDIS_QUICK_RETRY}
 CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = REDIS_CONNECT_TIMEOUT
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# How long a publish waits for a broker that does not answer: Celery's default (4 s, then
+# kombu's retries) held a web request about 6 s when Redis was down (measured here), longer
+# than the fan-out's deadline and the push API's wait; Redis on the LAN connects in
+# milliseconds.
+CELERY_BROKER_CONNECTION_TIMEOUT = 1.0
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Idempotency records older than 24 h and abandoned email verifications (hourly).
     "purge-registrations": {"task": "accounts.purge_registrations", "schedule": 3600.0},
@@ -450,8 +456,6 @@ DOVEADM_API_URL = (
 DOVEADM_API_KEY = env_secret("DOVEADM_API_KEY")
 if bool(DOVEADM_API_URL) != bool(DOVEADM_API_KEY):
     raise ImproperlyConfigured("set both DOVEADM_API_URL and DOVEADM_API_KEY, or neither")
-PUSHPROXY_ALLOW_PLAINTEXT = env_bool("PUSHPROXY_ALLOW_PLAINTEXT", False)
-PUSHPROXY_SEAL_KEY = env_secret("PUSHPROXY_SEAL_KEY")  # empty: derived from SECRET_KEY
 # Apple configuration profiles are signed when both files are given (PEM); see
 # docs/autoconfig.md. An addition to ARCHITECTURE.md's table, recorded there.
 PORTAL_MOBILECONFIG_CERT = env_str("PORTAL_MOBILECONFIG_CERT")
@@ -524,6 +528,68 @@ CELERY_BEAT_SCHEDULE["purge-suggestion-stats"] = {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Outbound calls and the push proxy (docs/push.md, specs/push-proxy.md)
+# ---------------------------------------------------------------------------------------------
+
+# How portal.netguard resolves names: a dotted path to a getaddrinfo-compatible function.
+# Only tests change it (a stub resolver that answers differently on each call, check 19).
+NETGUARD_RESOLVER = "socket.getaddrinfo"
+
+# Plaintext IMAP (`security: none`) and http:// push endpoints; tests and private deployments.
+PUSHPROXY_ALLOW_PLAINTEXT = env_bool("PUSHPROXY_ALLOW_PLAINTEXT", False)
+PUSHPROXY_SEAL_KEY = env_secret("PUSHPROXY_SEAL_KEY")  # empty: derived from SECRET_KEY
+# Mailboxes without IDLE are polled with NOOP this often (the source document's "new mail
+# within 2 minutes" holds with the default).
+PUSHPROXY_POLL_SECONDS = env_int("PUSHPROXY_POLL_SECONDS", 60)
+# Subscriptions (distinct clientIds) per IMAP account; many providers cap IMAP connections.
+PUSHPROXY_MAX_PER_ACCOUNT = env_int("PUSHPROXY_MAX_PER_ACCOUNT", 5)
+# Privacy mode: the admin shows no IMAP user names; the database keeps a keyed hash only.
+PUSHPROXY_PRIVACY = env_bool("PUSHPROXY_PRIVACY", False)
+# RFC 8292 VAPID signing key (PEM or base64url raw P-256 scalar, `manage.py
+# generate_vapid_keys`), or PUSHPROXY_VAPID_PRIVATE_KEY_FILE. Unset: one is generated into
+# var/vapid_private_key.pem (fine for one machine; set it when several send pushes).
+PUSHPROXY_VAPID_PRIVATE_KEY = env_secret("PUSHPROXY_VAPID_PRIVATE_KEY")
+PUSHPROXY_VAPID_SUBJECT = env_str(
+    "PUSHPROXY_VAPID_SUBJECT",
+    PORTAL_BASE_URL if PORTAL_HTTPS else "mailto:postmaster@localhost",
+)
+if not PUSHPROXY_VAPID_SUBJECT.startswith(("mailto:", "https://")):
+    raise ImproperlyConfigured("PUSHPROXY_VAPID_SUBJECT: use a mailto: or https:// URI")
+if PUSHPROXY_POLL_SECONDS < 1 or PUSHPROXY_MAX_PER_ACCOUNT < 1:
+    raise ImproperlyConfigured("PUSHPROXY_POLL_SECONDS and PUSHPROXY_MAX_PER_ACCOUNT must be >= 1")
+
+# Fixed tuning (not environment): how long POST waits for the login before answering 202;
+# RFC 2177 lets servers drop idlers after 29 minutes, so IDLE is re-issued every 25; the
+# longest wait for a tagged answer (DONE, NOOP, LOGOUT) and for connect + login; the quiet
+# gap that ends a burst of EXISTS (the burst is pushed once, at most 1 s after it began).
+PUSHPROXY_LOGIN_WAIT_SECONDS = 8.0
+PUSHPROXY_IDLE_SECONDS = 25 * 60
+PUSHPROXY_COMMAND_TIMEOUT = 30.0
+PUSHPROXY_LOGIN_TIMEOUT = 15.0
+PUSHPROXY_COALESCE_SECONDS = 0.05
+# A monitor whose heartbeat is older than this is not handed new sessions.
+PUSHPROXY_HEARTBEAT_SECONDS = 10
+PUSHPROXY_MONITOR_STALE_SECONDS = 35
+# Sessions one process serves at most: greenlets in `run_push_monitor`, threads in the
+# embedded manager (no Redis), where each session is an OS thread.
+PUSHPROXY_MAX_SESSIONS = env_int("PUSHPROXY_MAX_SESSIONS", 10_000 if HAS_REDIS else 200)
+# Push delivery: per-attempt connect/read time, the whole attempt, the largest answer read.
+PUSH_CONNECT_TIMEOUT = 5.0
+PUSH_READ_TIMEOUT = 10.0
+PUSH_TOTAL_TIMEOUT = 15.0
+PUSH_MAX_RESPONSE_BYTES = 65_536
+# Web Push message lifetime at the push service (RFC 8030 TTL header), seconds.
+PUSH_TTL = 3600
+# Subscriptions created per client address; logins tried per IMAP account (the same host,
+# port, user and mailbox from anywhere), so a reconnect loop cannot hammer a provider.
+PUSH_SUBSCRIPTION_RATE = "60/h"
+PUSH_LOGIN_RATE = "10/m"
+
+# Push senders: ordinary workers (`celery -A portal worker -Q push`). The monitor's own
+# commands (watch, stop, drain) go to its queue idle.<worker-id>, chosen per call.
+CELERY_TASK_ROUTES["pushproxy.deliver_push"] = {"queue": "push"}
+
+# ---------------------------------------------------------------------------------------------
 # Logging: one line per event on stderr; the process manager collects it.
 # ---------------------------------------------------------------------------------------------
 
@@ -543,5 +609,7 @@ LOGGING = {
         # for the fan-out those are suggested addresses made from people's names.
         # Failures and retries are WARNING and above, and still logged.
         "celery.app.trace": {"level": "WARNING"},
+        # imapclient logs every protocol line at DEBUG (LOGIN redacted, but mail metadata).
+        "imapclient": {"level": "WARNING"},
     },
 }

@@ -15,6 +15,7 @@ urlpatterns = [
     path("", include("providers.urls")),
     path("api/v1/", include("accounts.urls")),
     path("api/v1/", include("providers.api_urls")),
+    path("api/v1/", include("pushproxy.urls")),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("healthz", views.healthz, name="healthz"),

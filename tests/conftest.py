@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
-import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,6 +15,7 @@ from django.db import connection
 from accounts import dovecot as private_dovecot
 from providers.models import Provider, ProviderDomain, ServerSetting
 from providers.services import documents
+from tests.fakes.tcp_proxy import FaultProxy
 
 # Under REQUIRE_SERVICES=1 (CI) a test that needs a missing service fails instead of
 # skipping, so a broken install can never pass as "all green, some skipped".
@@ -79,85 +78,32 @@ def cache_down(settings: Any) -> None:
     }
 
 
-class TcpProxy:
-    """A TCP forwarder to a real server that can stop (its connections cut, its port
-    refusing) and start again on the same port: the server going down and coming back,
-    as its clients see it, without touching a server that other test runs share."""
+@dataclass
+class ProxiedRedis:
+    """The configured Redis reached through a FaultProxy: `url` is REDIS_URL (credentials,
+    database) through it; down() makes it refuse connections, up() brings it back."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port: int = probe.getsockname()[1]
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._listener: socket.socket | None = None
-        self.url = ""  # set by whoever knows the protocol (fixture redis_proxy)
-        self.start()
+    url: str
+    proxy: FaultProxy
 
-    def start(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+    def down(self) -> None:
+        self.proxy.refuse()
 
-    def stop(self) -> None:
-        with self._lock:
-            listener, self._listener = self._listener, None
-            sockets, self._sockets = self._sockets, []
-        if listener is not None:
-            with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
-            listener.close()
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return  # stopped
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                if self._listener is not listener:  # stopped meanwhile
-                    client.close()
-                    upstream.close()
-                    return
-                self._sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+    def up(self) -> None:
+        self.proxy.resume()
 
 
 @pytest.fixture
-def redis_proxy(redis_client: Any) -> Iterator[TcpProxy]:
-    """The configured Redis behind a TcpProxy; its `url` is REDIS_URL (credentials,
-    database) through the proxy."""
+def redis_proxy(redis_client: Any) -> Iterator[ProxiedRedis]:
+    """Redis going down and coming back as this process sees it, without stopping the
+    Redis server that other test runs share."""
     parts = urlsplit(django_settings.REDIS_URL)
-    proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 6379))
+    proxy = FaultProxy(parts.port or 6379, parts.hostname or "127.0.0.1")
     userinfo = parts.netloc.rpartition("@")[0]
     credentials = f"{userinfo}@" if userinfo else ""
-    proxy.url = parts._replace(netloc=f"{credentials}127.0.0.1:{proxy.port}").geturl()
-    yield proxy
-    proxy.stop()
+    url = parts._replace(netloc=f"{credentials}127.0.0.1:{proxy.port}").geturl()
+    yield ProxiedRedis(url=url, proxy=proxy)
+    proxy.close()
 
 
 @pytest.fixture

@@ -47,8 +47,8 @@ def test_enforce_counts_on_through_a_redis_restart(rf: RequestFactory, proxied_c
     ip = new_ip()
     ratelimit.enforce(request(rf, ip), POLICY)
     # Redis restarts between two requests: the pooled connection is dead, Redis is up.
-    proxied_cache.stop()
-    proxied_cache.start()
+    proxied_cache.down()
+    proxied_cache.up()
 
     ratelimit.enforce(request(rf, ip), POLICY)  # one immediate reconnect, no 503
 
@@ -58,13 +58,13 @@ def test_enforce_fails_closed_at_once_while_redis_is_down(
 ) -> None:
     ip = new_ip()
     ratelimit.enforce(request(rf, ip), POLICY)
-    proxied_cache.stop()
+    proxied_cache.down()
 
     started = time.monotonic()
     with pytest.raises(ratelimit.RateLimiterUnavailable):
         ratelimit.enforce(request(rf, ip), POLICY)
     elapsed = time.monotonic() - started
-    proxied_cache.start()
+    proxied_cache.up()
 
     # A refused connection is known at once; redis-py's own default for a client that
     # builds its pool (3 retries, backoff from 1 s) would take seconds.

@@ -448,11 +448,11 @@ def test_fanout_answers_fast_while_redis_is_down_and_fully_again_once_it_is_back
 
     with celery_through(broker=redis_proxy.url, backend=redis_proxy.url):
         before = fanout.collect_suggestions(query=JULIET)
-        redis_proxy.stop()
+        redis_proxy.down()
         started = time.monotonic()
         down = [fanout.collect_suggestions(query=JULIET) for _ in range(2)]
         elapsed = time.monotonic() - started
-        redis_proxy.start()
+        redis_proxy.up()
         after = fanout.collect_suggestions(query=JULIET)
 
     def statuses(result: fanout.FanoutResult) -> dict[str, str]:

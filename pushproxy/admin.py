@@ -1,0 +1,128 @@
+"""The push proxy in the admin: subscriptions (what is watched, what happened) and monitors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from pushproxy.models import MonitorWorker, PushSubscription, username_hash
+from pushproxy.services import subscriptions
+
+
+@admin.register(PushSubscription)
+class PushSubscriptionAdmin(admin.ModelAdmin):
+    list_display = [
+        "public_id",
+        "user",
+        "host",
+        "mailbox",
+        "client_id",
+        "status",
+        "mode",
+        "last_event_at",
+        "pushes_sent",
+        "push_failures",
+        "error",
+        "created_at",
+    ]
+    list_filter = ["status", "mode", "host", "security"]
+    search_fields = ["public_id", "host", "client_id", "username"]
+    date_hierarchy = "created_at"
+    actions = ["end_selected"]
+    fieldsets = [
+        (
+            "Subscription",
+            {"fields": ["public_id", "client_id", "status", "mode", "error", "monitor"]},
+        ),
+        ("IMAP", {"fields": ["host", "port", "security", "user", "mailbox"]}),
+        ("Endpoints", {"fields": ["new_mail_endpoint", "reconnect_endpoint"]}),
+        (
+            "Activity",
+            {
+                "fields": [
+                    "created_at",
+                    "activated_at",
+                    "ended_at",
+                    "last_event_at",
+                    "last_event_type",
+                    "pushes_sent",
+                    "push_failures",
+                ]
+            },
+        ),
+    ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        # Everything: a subscription is made by its app and ended by it or by the action.
+        return [str(field) for fieldset in self.fieldsets for field in fieldset[1]["fields"]]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[PushSubscription], search_term: str
+    ) -> tuple[QuerySet[PushSubscription], bool]:
+        # In privacy mode no user name is stored, but an operator who knows one can still
+        # find its subscriptions: the keyed hash of the typed name is looked up.
+        results, distinct = super().get_search_results(request, queryset, search_term)
+        if search_term.strip():
+            results = results | queryset.filter(username_hash=username_hash(search_term.strip()))
+        return results, distinct
+
+    @admin.display(description="IMAP user", ordering="username")
+    def user(self, sub: PushSubscription) -> str:
+        if settings.PUSHPROXY_PRIVACY or not sub.username:
+            return f"(private #{sub.username_hash[:8]})"
+        return sub.username
+
+    @admin.display(description="newMail endpoint")
+    def new_mail_endpoint(self, sub: PushSubscription) -> str:
+        return f"{sub.get_new_mail_format_display()} to {sub.endpoint_host('newMail')}"
+
+    @admin.display(description="reconnect endpoint")
+    def reconnect_endpoint(self, sub: PushSubscription) -> str:
+        return f"{sub.get_reconnect_format_display()} to {sub.endpoint_host('reconnect')}"
+
+    @admin.action(description="End selected subscriptions (logs out, sends the reconnect push)")
+    def end_selected(self, request: HttpRequest, queryset: QuerySet[PushSubscription]) -> None:
+        ended, skipped = subscriptions.end_subscriptions(queryset)
+        self.message_user(
+            request,
+            f"{ended} ended, {skipped} skipped (not live).",
+            messages.SUCCESS if ended else messages.WARNING,
+        )
+
+
+@admin.register(MonitorWorker)
+class MonitorWorkerAdmin(admin.ModelAdmin):
+    list_display = [
+        "worker_id",
+        "state",
+        "sessions",
+        "heartbeat_at",
+        "hostname",
+        "pid",
+        "started_at",
+    ]
+    list_filter = ["state", "hostname"]
+    search_fields = ["worker_id", "hostname"]
+    readonly_fields = [
+        "worker_id",
+        "queue",
+        "hostname",
+        "pid",
+        "state",
+        "started_at",
+        "heartbeat_at",
+        "sessions",
+    ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

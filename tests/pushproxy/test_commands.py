@@ -1,0 +1,110 @@
+"""run_push_monitor (a real process, SIGTERM) and generate_vapid_keys."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.test import Client
+
+from pushproxy import webpush
+from pushproxy.models import MonitorState, MonitorWorker, PushSubscription
+from pushproxy.services import monitors
+from tests.conftest import need_service
+from tests.fakes.imapstub import PASSWORD, USER, ImapStub
+from tests.fakes.push_service import PushService
+from tests.pushproxy.conftest import ROOT, Workers, _wait_for_line
+
+
+def test_generate_vapid_keys_prints_a_usable_pair() -> None:
+    out = io.StringIO()
+    call_command("generate_vapid_keys", stdout=out)
+    lines = out.getvalue().splitlines()
+    private = lines[0].removeprefix("PUSHPROXY_VAPID_PRIVATE_KEY=")
+    public = lines[1].rsplit(" ", 1)[1]
+    assert webpush.application_server_key(webpush.load_vapid_key(private)) == public
+
+
+def test_run_push_monitor_refuses_to_start_in_the_wrong_process() -> None:
+    # Without Redis there is nothing to consume; with it, this process is not gevent-patched.
+    with pytest.raises(CommandError):
+        call_command("run_push_monitor", "--id", "never")
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+def test_sigterm_logs_every_session_out_and_pushes_reconnect(
+    client: Client, push_stack: Workers | None, push_service: PushService, tmp_path: Any
+) -> None:
+    if push_stack is None:
+        need_service("Redis", "the monitor process needs REDIS_URL")
+        return
+    stub = ImapStub().start()
+    worker_id = f"sigterm-{uuid.uuid4().hex[:6]}"
+    log = tmp_path / "monitor.log"
+    env = {**os.environ, "PORTAL_EGRESS_ALLOW": "127.0.0.0/8", "PUSHPROXY_ALLOW_PLAINTEXT": "1"}
+    env["DATABASE_URL"] = _database_url()
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "run_push_monitor", "--id", worker_id],
+            cwd=ROOT,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_for_line(log, "ready.", process, timeout=60)
+        # Only the new monitor is alive, so the subscription lands there.
+        MonitorWorker.objects.exclude(worker_id=worker_id).update(state=MonitorState.STOPPED)
+        body = {
+            "imap": {
+                "host": "127.0.0.1",
+                "port": stub.port,
+                "security": "none",
+                "username": USER,
+                "password": PASSWORD,
+            },
+            "endpoints": {
+                "newMail": {"url": push_service.url("/n")},
+                "reconnect": {"url": push_service.url("/r")},
+            },
+            "clientId": "phone",
+        }
+        answer = client.post(
+            "/api/v1/push/subscriptions", data=json.dumps(body), content_type="application/json"
+        )
+        assert answer.status_code == 201, answer.content
+        assert PushSubscription.objects.get().monitor == worker_id
+
+        stopped = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        assert time.monotonic() - stopped < 20
+
+        assert stub.wait_for(lambda: stub.connections == 0)
+        assert "LOGOUT" in stub.commands
+        [push] = push_service.wait_for("/r", timeout=10)
+        assert json.loads(push.body)["reason"] == "shutdown"
+        assert MonitorWorker.objects.get(worker_id=worker_id).state == MonitorState.STOPPED
+        assert f"monitor {worker_id} stopped: 1 sessions logged out" in log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        stub.stop()
+        monitors.register(push_stack.worker_id)
+
+
+def _database_url() -> str:
+    from django.db import connection
+
+    db = connection.settings_dict
+    return f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
