@@ -14,18 +14,18 @@ from providers import tasks
 from providers.models import Provider, SuggestionStat, hour_of
 
 
+def request_to(fake: Any, first_name: str, last_name: str) -> dict[str, Any]:
+    """query_provider's argument for asking `fake` about this name."""
+    params = {"first_name": first_name, "last_name": last_name}
+    return {"provider": "p.example", "url": fake.url, "params": params, "timeout": 2.0}
+
+
 def test_query_provider_asks_the_provider_and_returns_a_json_answer(
     fake_provider: Callable[..., Any],
 ) -> None:
     fake = fake_provider()
-    request = {
-        "provider": "p.example",
-        "url": fake.url,
-        "params": {"first_name": "Juliet", "last_name": "Capulet"},
-        "timeout": 2.0,
-    }
 
-    answer = tasks.query_provider.apply(args=(request,)).get()
+    answer = tasks.query_provider.apply(args=(request_to(fake, "Juliet", "Capulet"),)).get()
 
     assert answer["provider"] == "p.example"
     assert answer["status"] == "ok"
@@ -49,13 +49,7 @@ def test_query_provider_success_is_not_logged_with_its_result(
     # The worker runs at log level INFO, as deploy/Procfile runs it. There Celery logs
     # each task's return value on success: suggested addresses, made from people's names.
     fake = fake_provider()
-    request = {
-        "provider": "p.example",
-        "url": fake.url,
-        "params": {"first_name": "Rosaline", "last_name": "Verona"},
-        "timeout": 2.0,
-    }
-    result = tasks.query_provider.apply_async((request,))
+    result = tasks.query_provider.apply_async((request_to(fake, "Rosaline", "Verona"),))
     try:
         answer = result.get(timeout=10)
     finally:
