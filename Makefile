@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install bench clean
+.PHONY: run test lint install bench clean messages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,10 +41,18 @@ bench: $(STAMP)
 	$(BIN)/python bench/autoconfig.py
 	$(BIN)/python bench/register.py
 	$(BIN)/python bench/fanout.py
+	$(BIN)/python bench/sheets.py
 	$(BIN)/python bench/push_sessions.py
 
 clean:
 	rm -rf $(VENV) var/static
+
+# Refresh the German catalog from the sources and compile it (needs GNU gettext). The .mo
+# is committed, so `make run` and deployments need no gettext (tests/test_translations.py).
+messages: $(STAMP)
+	$(BIN)/python manage.py makemessages -l de --ignore var --ignore bench --ignore tests \
+	  --add-location file --no-obsolete
+	$(BIN)/python manage.py compilemessages -l de --ignore .venv --ignore var
 
 # A private Dovecot reading the current DATABASE_URL, for logging in with a real mail client
 # next to `make run` (deploy/dovecot/README.md). Needs dovecot-imapd and dovecot-sqlite (or

@@ -1,7 +1,9 @@
-"""The mail-account console: find, create, disable, enable, reset passwords, delete."""
+"""The mail-account console: find, create, disable, enable, reset passwords, delete, and
+print onboarding sheets (DCLOGIN codes, shown once)."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from django import forms
@@ -9,12 +11,22 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import path, reverse
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
-from accounts.models import AccountStatus, CreatedVia, MailAccount, ReservedName, ThirdPartyID
+from accounts.models import (
+    AccountStatus,
+    CreatedVia,
+    MailAccount,
+    ReservedName,
+    SheetJob,
+    ThirdPartyID,
+)
 from accounts.services import accounts as account_services
+from accounts.services import sheets as sheet_services
 from portal.errors import PortalError
+from providers import sheets
 from providers.models import ProviderDomain
 
 
@@ -59,6 +71,7 @@ class MailAccountAdmin(admin.ModelAdmin):
         "created_via",
         "created_at",
     ]
+    # Also ?onboarding_token=<id> (linked from a token's page), without a sidebar filter.
     list_filter = ["domain__provider", "status", "mailbox_state", "created_via"]
     search_fields = ["local_part", "domain__name", "third_pids__value", "full_name"]
     list_select_related = ["domain__provider"]
@@ -70,9 +83,10 @@ class MailAccountAdmin(admin.ModelAdmin):
         "created_at",
         "updated_at",
         "password_changed_at",
+        "onboarding_token",
     ]
     fieldsets = [
-        (None, {"fields": ["address_display", "full_name", "quota_mb"]}),
+        (None, {"fields": ["address_display", "full_name", "quota_mb", "expires_at"]}),
         (
             _("State"),
             {
@@ -83,12 +97,19 @@ class MailAccountAdmin(admin.ModelAdmin):
                     "created_at",
                     "updated_at",
                     "password_changed_at",
+                    "onboarding_token",
                 ]
             },
         ),
     ]
     inlines = [ThirdPartyIDInline]
-    actions = ["approve_accounts", "disable_accounts", "enable_accounts", "reset_passwords"]
+    actions = [
+        "approve_accounts",
+        "disable_accounts",
+        "enable_accounts",
+        "reset_passwords",
+        "onboarding_sheet",
+    ]
     date_hierarchy = "created_at"
 
     @admin.display(description=_("address"), ordering="local_part")
@@ -140,6 +161,7 @@ class MailAccountAdmin(admin.ModelAdmin):
                     request,
                     [(account, password if not data["password"] else None)],
                     str(_("Account created")),
+                    login=[(account, password)],
                 )
         context = {
             **self.admin_site.each_context(request),
@@ -152,13 +174,29 @@ class MailAccountAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "accounts/admin/create_account.html", context)
 
     def _show_passwords(
-        self, request: HttpRequest, rows: list[tuple[MailAccount, str | None]], title: str
+        self,
+        request: HttpRequest,
+        rows: list[tuple[MailAccount, str | None]],
+        title: str,
+        *,
+        login: list[tuple[MailAccount, str]] | None = None,
     ) -> HttpResponse:
-        """Render new passwords once; the response is never cached or stored anywhere."""
+        """Render new passwords once; the response is never cached or stored anywhere.
+
+        With them the accounts' DCLOGIN codes (the only moment one can be made): inline,
+        as PNG/SVG downloads and as a PDF sheet, all inside this one response. `login`:
+        (account, password) for the codes when `rows` hides a password the admin typed.
+        """
+        if login is None:
+            login = [(account, password) for account, password in rows if password]
+        codes = sheet_services.login_codes(login, shown_to=request.user)
+        pdf = sheets.pdf([code.card for code in codes]) if codes else b""
         context = {
             **self.admin_site.each_context(request),
             "title": title,
             "rows": rows,
+            "codes": codes,
+            "pdf_base64": base64.b64encode(pdf).decode(),
             "opts": self.model._meta,
         }
         # admin_site.admin_view adds no-store (never_cache) to the response.
@@ -247,6 +285,42 @@ class MailAccountAdmin(admin.ModelAdmin):
         }
         return self._show_passwords(request, rows, str(title))
 
+    @admin.action(description=_("Print an onboarding sheet (new passwords, DCLOGIN codes)"))
+    def onboarding_sheet(
+        self, request: HttpRequest, queryset: QuerySet[MailAccount]
+    ) -> HttpResponse | None:
+        ids = list(queryset.values_list("pk", flat=True))
+        if request.POST.get("confirm") != "yes":
+            context = {
+                **self.admin_site.each_context(request),
+                "title": _("Print an onboarding sheet?"),
+                "message": ngettext(
+                    "The password of this account is reset: its current password stops "
+                    "working and open sessions end. The new password goes into a DCLOGIN code "
+                    "on an A4 sheet, built in the background.",
+                    "The passwords of these %(count)d accounts are reset: their current "
+                    "passwords stop working and open sessions end. The new passwords go into "
+                    "DCLOGIN codes on an A4 sheet, built in the background.",
+                    len(ids),
+                )
+                % {"count": len(ids)},
+                "note": _(
+                    "The sheet can be downloaded once, by you, within an hour; then it is deleted."
+                ),
+                "ids": ids,
+                "action": "onboarding_sheet",
+                "button": _("Yes, reset the passwords and print"),
+                "back_url": reverse("admin:accounts_mailaccount_changelist"),
+                "opts": self.model._meta,
+            }
+            return TemplateResponse(request, "admin/confirm_selection.html", context)
+        try:
+            job = sheet_services.start_sheet(account_ids=ids, created_by=request.user)
+        except PortalError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            return None
+        return HttpResponseRedirect(reverse("admin:accounts_sheetjob_progress", args=[job.pk]))
+
 
 def _field_for(code: str) -> str | None:
     """Which form field a service error belongs to (None: the whole form)."""
@@ -262,3 +336,79 @@ def _field_for(code: str) -> str | None:
 class ReservedNameAdmin(admin.ModelAdmin):
     list_display = ["name", "note"]
     search_fields = ["name", "note"]
+
+
+@admin.register(SheetJob)
+class SheetJobAdmin(admin.ModelAdmin):
+    """Batch onboarding sheets: progress while the task runs, then one download.
+
+    Each administrator sees and downloads only the sheets they asked for (they hold the
+    passwords that administrator just set).
+    """
+
+    list_display = ["__str__", "state", "progress", "created_at", "expires_at"]
+    list_filter = ["state"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[SheetJob]:
+        queryset: QuerySet[SheetJob] = super().get_queryset(request).defer("content")
+        return queryset.filter(created_by_id=request.user.pk)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # made by the accounts list's action
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description=_("progress"))
+    def progress(self, job: SheetJob) -> str:
+        return f"{job.done + job.failed} / {job.total}"
+
+    def get_urls(self) -> list[Any]:
+        own = [
+            path(
+                "<int:job_id>/progress/",
+                self.admin_site.admin_view(self.progress_view),
+                name="accounts_sheetjob_progress",
+            ),
+            path(
+                "<int:job_id>/download/",
+                self.admin_site.admin_view(self.download_view),
+                name="accounts_sheetjob_download",
+            ),
+        ]
+        return own + super().get_urls()
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        return HttpResponseRedirect(
+            reverse("admin:accounts_sheetjob_progress", args=[int(object_id)])
+        )
+
+    def progress_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
+        job = self.get_queryset(request).filter(pk=job_id).first()
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Onboarding sheet"),
+            "job": job,
+            "opts": self.model._meta,
+            "refresh": job is not None
+            and job.state in (SheetJob.State.QUEUED, SheetJob.State.RUNNING),
+        }
+        return TemplateResponse(request, "accounts/admin/sheet_progress.html", context)
+
+    def download_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
+        if request.method != "POST":  # a download deletes the sheet: never on a GET
+            return HttpResponseRedirect(reverse("admin:accounts_sheetjob_progress", args=[job_id]))
+        try:
+            pdf = sheet_services.take_sheet(job_id=job_id, user=request.user)
+        except PortalError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:accounts_sheetjob_changelist"))
+        response = HttpResponse(pdf, content_type="application/pdf")
+        response["Content-Disposition"] = f'attachment; filename="onboarding-sheet-{job_id}.pdf"'
+        return response

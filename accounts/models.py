@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -11,7 +11,7 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from providers.models import Provider, ProviderDomain
+from providers.models import OnboardingToken, Provider, ProviderDomain
 
 
 class AccountStatus(models.TextChoices):
@@ -54,6 +54,10 @@ class MailAccountQuerySet(models.QuerySet["MailAccount"]):
         cutoff = timezone.now() - timedelta(seconds=settings.MAILBOX_RECONCILE_GRACE)
         return self.filter(mailbox_state=state, updated_at__lt=cutoff)
 
+    def lifetime_over(self, at: datetime) -> MailAccountQuerySet:
+        """Temporary accounts whose lifetime ended before `at`."""
+        return self.filter(expires_at__isnull=False, expires_at__lte=at)
+
     def active(self) -> MailAccountQuerySet:
         """Accounts that may log in: active, with their mailbox ready."""
         return self.filter(status=AccountStatus.ACTIVE, mailbox_state=MailboxState.READY)
@@ -82,6 +86,25 @@ class MailAccount(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     password_changed_at = models.DateTimeField(default=timezone.now)
+    # Set in the same transaction as the row, so a token's uses and its accounts agree
+    # (RELIABILITY.md invariant 3); SET_NULL: deleting a token keeps its accounts.
+    onboarding_token = models.ForeignKey(
+        OnboardingToken,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        editable=False,
+        related_name="accounts",
+    )
+    expires_at = models.DateTimeField(
+        "lifetime ends",
+        null=True,
+        blank=True,
+        help_text=_(
+            "Temporary accounts: disabled at this moment and deleted a grace period later "
+            "(accounts.services.lifetime). Empty: permanent."
+        ),
+    )
 
     objects = MailAccountQuerySet.as_manager()
 
@@ -216,3 +239,50 @@ class RegistrationRequest(models.Model):
 
     def __str__(self) -> str:
         return f"registration {self.key} ({self.state})"
+
+
+class SheetJob(models.Model):
+    """A batch onboarding sheet: built by a Celery task, downloaded once, gone after an hour.
+
+    The finished PDF holds passwords (inside its DCLOGIN codes), so `content` is encrypted
+    (accounts.services.sheets) and the row is deleted by its one download or by the hourly
+    purge, whichever comes first.
+    """
+
+    class State(models.TextChoices):
+        QUEUED = "queued", _("queued")
+        RUNNING = "running", _("running")
+        DONE = "done", _("ready to download")
+        FAILED = "failed", _("failed")
+
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    account_ids: models.JSONField[list[int], list[int]] = models.JSONField(default=list)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED)
+    total = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    # What went wrong, per address, for the administrator; never a password.
+    problems = models.TextField(blank=True)
+    content = models.BinaryField(null=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = _("onboarding sheet")
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(done__lte=models.F("total") - models.F("failed")),
+                name="sheetjob_progress_within_total",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"sheet {self.pk} ({self.total} accounts, {self.state})"
+
+    @property
+    def percent(self) -> int:
+        return 100 if not self.total else round(100 * (self.done + self.failed) / self.total)

@@ -38,3 +38,31 @@ def reconcile_mailboxes(
         "fixed": len(report.fixed),
         "errors": len(report.errors),
     }
+
+
+@shared_task(name="accounts.end_expired_accounts", ignore_result=True)
+def end_expired_accounts() -> dict[str, int]:
+    """Every 5 minutes (CELERY_BEAT_SCHEDULE): accounts.services.lifetime."""
+    from accounts.services.lifetime import end_expired_accounts as end
+
+    report = end()
+    return {"disabled": len(report.disabled), "deleted": len(report.deleted)}
+
+
+# Acks late, so a worker lost mid-build leaves the task for another one; the service claims
+# the job with a conditional UPDATE (a second delivery of a finished job does nothing).
+@shared_task(name="accounts.build_sheet", acks_late=True, soft_time_limit=1500, time_limit=1560)
+def build_sheet(job_id: int) -> str | None:
+    """Build an onboarding sheet (accounts.services.sheets.build_sheet); its state or None."""
+    from accounts.services.sheets import build_sheet as build
+
+    job = build(job_id=job_id)
+    return job.state if job is not None else None
+
+
+@shared_task(name="accounts.purge_sheets", ignore_result=True)
+def purge_sheets() -> int:
+    """Every 5 minutes (CELERY_BEAT_SCHEDULE): delete sheets older than their hour."""
+    from accounts.services.sheets import purge_sheets as purge
+
+    return purge()

@@ -40,12 +40,24 @@ REGISTRATION_VERIFY = Policy(
     group="accounts.register.verify", rate_setting="REGISTRATION_VERIFY_RATE"
 )
 
+# Hosted registration pages (/register/<slug>/): each client address may make
+# REGISTRATION_PAGE_RATE attempts (30 an hour) in a fixed window: every POST that checks an
+# onboarding token, an address or a password counts, accepted or not. Enough for a person
+# who mistypes a few times; stops one host from probing which names exist or filling a
+# domain with accounts. Leaving the flow (cancel, back) is never counted.
+REGISTRATION_PAGES = Policy(group="providers.register_page", rate_setting="REGISTRATION_PAGE_RATE")
 
 # Suggestions (GET /api/v1/suggestions): each client address may ask SUGGESTION_RATE (30 a
 # minute; admins may change it in "suggestion settings") in a fixed window. One query makes
 # one outbound call per provider, so this is what stops a client from using the portal to
 # hammer providers' suggestion engines (the provisioner seed: "N queries per M minutes").
 SUGGESTIONS = Policy(group="providers.suggestions", rate_setting="SUGGESTION_RATE")
+
+# DCACCOUNT redemptions (POST /dcaccount/<token>, /new_email?t=): each client address may
+# send DCACCOUNT_RATE of them (60 an hour), valid or not. Enough for a class or a workshop
+# behind one NAT address scanning one code; guessing a 192-bit token is hopeless anyway,
+# so the limit is about one host draining a token's uses or the mail server's capacity.
+DCACCOUNT = Policy(group="providers.dcaccount", rate_setting="DCACCOUNT_RATE")
 
 # Push subscriptions: each client address may create PUSH_SUBSCRIPTION_RATE subscriptions
 # (60 an hour: a phone re-subscribes after every reconnect push, several apps share a NAT).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -352,6 +353,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Settle interrupted account creations/deletions, report accounts and mailboxes that
     # disagree, align enabled/disabled (accounts/services/reconcile.py; every 5 minutes).
     "reconcile-mailboxes": {"task": "accounts.reconcile_mailboxes", "schedule": 300.0},
+    # Temporary accounts of onboarding tokens: disable when their lifetime ends, delete
+    # TEMPORARY_ACCOUNT_GRACE later (accounts/services/lifetime.py; every 5 minutes).
+    "end-expired-accounts": {"task": "accounts.end_expired_accounts", "schedule": 300.0},
+    # Onboarding sheets hold passwords: gone an hour after they were asked for.
+    "purge-sheets": {"task": "accounts.purge_sheets", "schedule": 300.0},
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -387,6 +393,10 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
 CSRF_TRUSTED_ORIGINS = [PORTAL_BASE_URL]
+# Pages send the CSRF value as a form field, so no script needs to read the cookie.
+CSRF_COOKIE_HTTPONLY = True
+# A friendly, translated page (with a way back into the flow) instead of Django's bare 403.
+CSRF_FAILURE_VIEW = "portal.views.csrf_failure"
 if PORTAL_HTTPS:
     SECURE_SSL_REDIRECT = True
     # Behind a TLS proxy the scheme arrives in X-Forwarded-Proto. That header is only
@@ -395,6 +405,9 @@ if PORTAL_HTTPS:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
+    # __Host-: the browser keeps it only if Secure, Path=/ and without Domain (RELIABILITY.md
+    # check 14), so no sibling host can plant one. Over plain http it would be dropped.
+    CSRF_COOKIE_NAME = "__Host-csrftoken"
     SECURE_HSTS_SECONDS = 31_536_000
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     # The preload directive only states consent; nothing is submitted to any list.
@@ -424,6 +437,13 @@ REGISTRATION_RATE = "10/h"
 REGISTRATION_VERIFY_RATE = "30/h"
 # Largest registration request body read, in bytes; a real one is a few hundred.
 REGISTRATION_MAX_BODY_BYTES = 16_384
+# DCACCOUNT redemptions (POST /dcaccount/<token>, /new_email) per client address.
+DCACCOUNT_RATE = "60/h"
+# Hosted registration pages (/register/<slug>/): attempts (each POST that checks a token,
+# an address or a password) per client address.
+REGISTRATION_PAGE_RATE = "30/h"
+# How long one page of the registration flow stays valid (seconds): its signed state expires.
+REGISTRATION_FLOW_MAX_AGE = 3600
 
 # ---------------------------------------------------------------------------------------------
 # Mail-domain settings
@@ -477,6 +497,13 @@ EMAIL_USE_TLS = EMAIL_SECURITY == "starttls"
 EMAIL_USE_SSL = EMAIL_SECURITY == "tls"
 EMAIL_TIMEOUT = 10
 DEFAULT_FROM_EMAIL = env_str("PORTAL_MAIL_FROM", "mailportal@localhost")
+
+# Temporary accounts (onboarding tokens with an account lifetime) are disabled when the
+# lifetime ends and deleted this much later, so an administrator can still rescue one.
+TEMPORARY_ACCOUNT_GRACE = timedelta(days=7)
+# A batch onboarding sheet (it holds passwords) is deleted at its first download or after
+# this long, whichever comes first.
+ONBOARDING_SHEET_LIFETIME = timedelta(hours=1)
 
 # How long clients may cache an autoconfig document (it also carries an ETag).
 AUTOCONFIG_MAX_AGE = 3600
@@ -599,8 +626,12 @@ LOGGING = {
     "formatters": {
         "line": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
+    "filters": {
+        # Onboarding tokens in logged URLs (Django's request log, runserver) are masked.
+        "redact": {"()": "portal.redact.RedactingFilter"},
+    },
     "handlers": {
-        "stderr": {"class": "logging.StreamHandler", "formatter": "line"},
+        "stderr": {"class": "logging.StreamHandler", "formatter": "line", "filters": ["redact"]},
     },
     "root": {"handlers": ["stderr"], "level": "INFO"},
     "loggers": {

@@ -1,4 +1,4 @@
-"""Project-level views: the health check."""
+"""Project-level views: the health check and the page for a refused CSRF check."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
+from django.template.response import TemplateResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+
+from portal.pages import strict_page
 
 logger = logging.getLogger(__name__)
 
@@ -45,4 +48,21 @@ def healthz(request: HttpRequest) -> JsonResponse:
     healthy = "down" not in checks.values()
     return JsonResponse(
         {"status": "ok" if healthy else "down", **checks}, status=200 if healthy else 503
+    )
+
+
+@strict_page
+def csrf_failure(request: HttpRequest, reason: str = "") -> TemplateResponse:
+    """CSRF_FAILURE_VIEW: say what happened and how to go on, instead of Django's bare 403.
+
+    A form older than its cookie (cookies cleared, a second tab, an expired page) is the
+    usual cause; starting the page again fixes it. `reason` is logged, never shown.
+    """
+    logger.info("CSRF check refused %s %s: %s", request.method, request.path, reason)
+    return TemplateResponse(
+        request,
+        "csrf_failure.html",
+        # The page's folder: /register/demo/address -> /register/demo/ starts the flow again.
+        {"restart_url": request.path.rsplit("/", 1)[0] + "/"},
+        status=403,
     )

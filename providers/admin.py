@@ -17,9 +17,11 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
+from providers import admin_onboarding, branding  # noqa: F401 (admin_onboarding registers)
 from providers.domains import to_unicode
 from providers.models import (
     INCOMING_TYPES,
+    LOGO_MAX_BYTES,
     MISSING_PART_MESSAGES,
     Provider,
     ProviderDomain,
@@ -154,6 +156,53 @@ class SuggestionClientInline(admin.TabularInline):
     verbose_name_plural = _("suggestion clients for this provider only")
 
 
+class ProviderForm(forms.ModelForm):
+    """The provider with its logo upload: the bytes are checked (providers.branding), never
+    the type the browser claims; "remove" clears it."""
+
+    logo_file = forms.FileField(
+        label=_("logo"),
+        required=False,
+        help_text=_(
+            "PNG, JPEG, WebP, GIF or SVG, at most 256 KB; shown square (48 px) on the "
+            "registration pages."
+        ),
+    )
+    remove_logo = forms.BooleanField(label=_("remove the logo"), required=False)
+
+    class Meta:
+        model = Provider
+        # ModelAdmin passes the fields of its fieldsets; these are the ones styled here.
+        fields = ["accent_color", "cancel_answer"]
+        # Not <input type=color>: it cannot be empty, and empty means the portal's colour.
+        widgets = {
+            "accent_color": forms.TextInput(attrs={"placeholder": "#0b5cad", "size": 8}),
+        }
+
+    def clean_logo_file(self) -> Any:
+        upload = self.cleaned_data.get("logo_file")
+        if not upload:
+            return None
+        data = upload.read(LOGO_MAX_BYTES + 1)
+        try:
+            content_type = branding.sniff_logo(data, max_bytes=LOGO_MAX_BYTES)
+        except branding.LogoRefused as exc:
+            raise ValidationError(str(exc)) from None
+        return (data, content_type)
+
+    def save(self, commit: bool = True) -> Provider:
+        provider: Provider = super().save(commit=False)
+        logo = self.cleaned_data.get("logo_file")
+        if logo:
+            provider.logo, provider.logo_type = logo
+        elif self.cleaned_data.get("remove_logo"):
+            provider.logo, provider.logo_type = b"", ""
+        if commit:
+            provider.save()
+            self.save_m2m()
+        return provider
+
+
 def _preview_links(provider: Provider) -> str:
     domain = provider.primary_domain
     if not domain:
@@ -170,6 +219,7 @@ def _preview_links(provider: Provider) -> str:
 
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
+    form = ProviderForm
     list_display = [
         "name",
         "slug",
@@ -189,13 +239,32 @@ class ProviderAdmin(admin.ModelAdmin):
     prepopulated_fields = {"slug": ["name"]}
     # "example.org/tos" typed without a scheme means https (Django 6's default too).
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
-    readonly_fields = ["preview", "listed", "suggestion_summary", "created_at", "updated_at"]
+    readonly_fields = [
+        "preview",
+        "listed",
+        "suggestion_summary",
+        "registration_page",
+        "created_at",
+        "updated_at",
+    ]
     inlines = [DomainInline, IncomingServerInline, OutgoingServerInline, SuggestionClientInline]
     fieldsets = [
         (None, {"fields": ["name", "short_name", "slug", "enabled"]}),
         (
             _("Registration"),
             {"fields": ["hosted", "registration", "registration_url", "suggestion_url"]},
+        ),
+        (
+            _("Registration pages"),
+            {
+                "fields": [
+                    "registration_page",
+                    "accent_color",
+                    "logo_file",
+                    "remove_logo",
+                    "cancel_answer",
+                ]
+            },
         ),
         (
             _("How clients list it"),
@@ -325,6 +394,21 @@ class ProviderAdmin(admin.ModelAdmin):
     @admin.display(description=_("servers"), ordering="server_total")
     def server_count(self, provider: Provider) -> int:
         return getattr(provider, "server_total", 0)
+
+    @admin.display(description=_("registration page"))
+    def registration_page(self, provider: Provider) -> str:
+        if not provider.pk or not provider.hosted:
+            return "-"
+        url = reverse("register", args=[provider.slug])
+        logo = (
+            format_html(
+                '<img src="{}" alt="" width="48" height="48" style="object-fit:contain"> ',
+                reverse("register-logo", args=[provider.slug]),
+            )
+            if provider.has_logo
+            else ""
+        )
+        return format_html('{}<a href="{}" target="_blank" rel="noopener">{}</a>', logo, url, url)
 
     @admin.display(description=_("preview autoconfig"))
     def preview(self, provider: Provider) -> str:

@@ -7,7 +7,7 @@ import os
 import plistlib
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,9 +160,34 @@ def client_config(info: ProviderInfo, credentials: Credentials | None = None) ->
     document cannot carry (see `_check_provider`), or on empty credentials.
     """
     _check_provider(info)
-    if credentials is not None:
-        _text(credentials.username, "username", required=True)
-        _text(credentials.password, "password", required=True)
+    if credentials is None:
+        return _client_config(info, lambda server: server.username, None)
+    _text(credentials.username, "username", required=True)
+    _text(credentials.password, "password", required=True)
+    return _client_config(info, lambda server: credentials.username, credentials.password)
+
+
+def account_config(info: ProviderInfo, *, email: str, password: str) -> bytes:
+    """The clientConfig answering a successful registration of `email` (specs/autoconfig.md).
+
+    Each server's username template is expanded for `email` (so a server that logs in with
+    %EMAILLOCALPART% gets the local part), and each server carries `password`. ValueError on
+    an empty password or a value the document cannot carry exactly.
+    """
+    _check_provider(info)
+    _email(email)
+    _text(password, "password", required=True)
+    return _client_config(info, lambda server: expand_username(server.username, email), password)
+
+
+def xml_safe(value: str) -> bool:
+    """True if `value` has only characters an XML 1.0 document can carry."""
+    return _XML_ILLEGAL.search(value) is None
+
+
+def _client_config(
+    info: ProviderInfo, username: Callable[[Server], str], password: str | None
+) -> bytes:
     root = etree.Element("clientConfig", version="1.1")
     provider = etree.SubElement(root, "emailProvider", id=info.id)
     for domain in info.domains:
@@ -170,9 +195,9 @@ def client_config(info: ProviderInfo, credentials: Credentials | None = None) ->
     _sub(provider, "displayName", info.display_name)
     _sub(provider, "displayShortName", info.display_short_name)
     for server in info.incoming:
-        _server_element(provider, "incomingServer", server, credentials)
+        _server_element(provider, "incomingServer", server, username(server), password)
     for server in info.outgoing:
-        _server_element(provider, "outgoingServer", server, credentials)
+        _server_element(provider, "outgoingServer", server, username(server), password)
     if info.documentation_url:
         etree.SubElement(provider, "documentation", url=info.documentation_url)
     return _serialize(root)
@@ -423,16 +448,16 @@ def _payload_uuid(email: str, kind: str) -> str:
 
 
 def _server_element(
-    parent: etree._Element, tag: str, server: Server, credentials: Credentials | None
+    parent: etree._Element, tag: str, server: Server, username: str, password: str | None
 ) -> None:
     element = etree.SubElement(parent, tag, type=server.type)
     _sub(element, "hostname", server.hostname)
     _sub(element, "port", str(server.port))
     _sub(element, "socketType", server.socket_type)
     _sub(element, "authentication", server.authentication)
-    _sub(element, "username", credentials.username if credentials else server.username)
-    if credentials is not None:
-        _sub(element, "password", credentials.password)
+    _sub(element, "username", _text(username, "username"))
+    if password is not None:
+        _sub(element, "password", password)
 
 
 def _sub(parent: etree._Element, tag: str, text: str, **attributes: str) -> etree._Element:

@@ -89,6 +89,20 @@ class Registration(models.TextChoices):
     CLOSED = "closed", _("closed")
 
 
+class CancelAnswer(models.TextChoices):
+    """What the hosted registration page answers when the person cancels (specs/provisioner.md)."""
+
+    DOCUMENT = "document", _("the USER_CANCEL document (mail clients close the page)")
+    PAGE = "page", _("an HTML goodbye page")
+
+
+# Logos shown on the registration pages: raster images or SVG, small enough to embed in a
+# row and serve from any web process (no shared media storage needed).
+LOGO_MAX_BYTES = 256 * 1024
+LOGO_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/svg+xml")
+_ACCENT_COLOR = re.compile(r"^#[0-9a-f]{6}$")
+
+
 class ProviderQuerySet(models.QuerySet["Provider"]):
     def enabled(self) -> ProviderQuerySet:
         return self.filter(enabled=True)
@@ -139,6 +153,14 @@ class ProviderQuerySet(models.QuerySet["Provider"]):
             .filter(models.Q(hosted=False) | models.Q(registration=Registration.OPEN))
             .distinct()
         )
+
+
+class ProviderManager(models.Manager.from_queryset(ProviderQuerySet)):  # type: ignore[misc]
+    """Providers without their logo's bytes: only the logo view reads them (lazily)."""
+
+    def get_queryset(self) -> ProviderQuerySet:
+        queryset: ProviderQuerySet = super().get_queryset().defer("logo")
+        return queryset
 
 
 class Provider(models.Model):
@@ -256,14 +278,41 @@ class Provider(models.Model):
         "require an administrator's approval",
         default=False,
         help_text=_(
-            "New accounts from the public front doors (registration pages, API, QR tokens) "
-            "cannot log in anywhere until an administrator approves them in the account list."
+            "New accounts from the public front doors (registration pages, API) cannot log "
+            "in anywhere until an administrator approves them in the account list. QR "
+            "onboarding tokens (DCACCOUNT) are refused for such a provider: they hand out "
+            "credentials that must work at once."
+        ),
+    )
+    accent_color = models.CharField(
+        "accent colour",
+        max_length=7,
+        blank=True,
+        help_text=_(
+            "Colour of buttons and links on the registration pages, e.g. #0b5cad. Empty: the "
+            "portal's blue. Text on it is black or white, whichever reads better."
+        ),
+    )
+    # The logo itself (at most LOGO_MAX_BYTES), served at /register/<slug>/logo; see
+    # providers.branding for what is accepted.
+    logo = models.BinaryField(blank=True, default=b"", editable=False)
+    logo_type = models.CharField(
+        "logo type", max_length=20, blank=True, editable=False, help_text=_("Set on upload.")
+    )
+    cancel_answer = models.CharField(
+        "when someone cancels",
+        max_length=10,
+        choices=CancelAnswer.choices,
+        default=CancelAnswer.DOCUMENT,
+        help_text=_(
+            "Mail clients such as Thunderbird close their registration tab on the document; "
+            "the goodbye page suits people who arrive with an ordinary browser."
         ),
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
-    objects = ProviderQuerySet.as_manager()
+    objects = ProviderManager()
 
     class Meta:
         ordering = ["name"]
@@ -280,6 +329,14 @@ class Provider(models.Model):
             models.CheckConstraint(
                 condition=models.Q(password_min_length__gte=8),
                 name="provider_password_min_length_gte_8",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(cancel_answer__in=CancelAnswer.values),
+                name="provider_cancel_answer_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(logo_type="") | models.Q(logo_type__in=LOGO_TYPES),
+                name="provider_logo_type_valid",
             ),
         ]
 
@@ -334,6 +391,9 @@ class Provider(models.Model):
             errors["countries"] = _("Use two-letter ISO 3166-1 codes such as DE or FR, or *.")
         else:
             self.countries = ",".join(countries)
+        self.accent_color = (self.accent_color or "").strip().lower()
+        if self.accent_color and not _ACCENT_COLOR.match(self.accent_color):
+            errors["accent_color"] = _("Enter a colour as # and six hex digits, e.g. #0b5cad.")
         if (self.username_min_length or 0) > (self.username_max_length or 0):
             errors["username_min_length"] = _("The shortest length is above the longest.")
         if set(self.username_punctuation or "") - set(".-_"):
@@ -370,6 +430,19 @@ class Provider(models.Model):
         Remote providers configure their own clients; hosted ones must say where mail is.
         """
         return ("domains", "incoming", "outgoing") if self.hosted else ("domains",)
+
+    def registration_gate(self) -> str:
+        """How a public front door may register here: a Registration value.
+
+        CLOSED also when the provider is disabled or remote (its own site registers).
+        """
+        if not self.enabled or not self.hosted or self.registration == Registration.CLOSED:
+            return Registration.CLOSED
+        return str(self.registration)
+
+    @property
+    def has_logo(self) -> bool:
+        return bool(self.logo_type)
 
     @property
     def primary_domain(self) -> str:
@@ -742,3 +815,184 @@ def _network_error(value: str, exc: ValueError) -> str:
             "fixed": fixed,
         }
     return str(_("%(value)s is not an IP address or network.")) % {"value": value}
+
+
+def token_digest(secret: str) -> str:
+    """The SHA-256 (hex) under which a token secret is stored; the secret never is."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class TokenState(models.TextChoices):
+    USABLE = "usable", _("usable")
+    REVOKED = "revoked", _("revoked")
+    EXPIRED = "expired", _("expired")
+    USED_UP = "used_up", _("used up")
+
+
+class OnboardingTokenQuerySet(models.QuerySet["OnboardingToken"]):
+    def for_secret(self, secret: str) -> OnboardingTokenQuerySet:
+        """The token (zero or one) whose secret this is, looked up by its SHA-256."""
+        return self.filter(token_sha256=token_digest(secret))
+
+    def claimable(self, at: datetime) -> OnboardingTokenQuerySet:
+        """Tokens that may give one more use at `at`: the WHERE of the atomic claim."""
+        return self.filter(
+            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=at),
+            revoked_at__isnull=True,
+            use_count__lt=models.F("max_uses"),
+        )
+
+
+class OnboardingToken(models.Model):
+    """An invitation behind a DCACCOUNT code: each use creates one account (specs/qr.md).
+
+    Only the SHA-256 of the secret is kept: the code can be printed when the token is issued
+    (or given a new secret), never read back from the database.
+    """
+
+    name = models.CharField(
+        max_length=100, unique=True, help_text=_("For you: e.g. “spring workshop 2025”.")
+    )
+    domain = models.ForeignKey(
+        ProviderDomain,
+        on_delete=models.CASCADE,
+        related_name="onboarding_tokens",
+        help_text=_("Accounts are created in this domain (hosted providers only)."),
+    )
+    prefix = models.CharField(
+        "address prefix",
+        max_length=32,
+        blank=True,
+        help_text=_(
+            "New addresses are this prefix and random letters, e.g. tmp. gives tmp.k3x9qa7m2w."
+        ),
+    )
+    token_sha256 = models.CharField(max_length=64, unique=True, editable=False)
+    max_uses = models.PositiveIntegerField(
+        "maximum uses",
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(100_000)],
+        help_text=_("How many accounts the code may create; 1 is a single-use invitation."),
+    )
+    use_count = models.PositiveIntegerField("uses so far", default=0, editable=False)
+    expires_at = models.DateTimeField(
+        "valid until", null=True, blank=True, help_text=_("Empty: the code never expires.")
+    )
+    account_lifetime = models.DurationField(
+        null=True,
+        blank=True,
+        help_text=_(
+            "Empty: the accounts are permanent. Otherwise each account is disabled this long "
+            "after its creation, and deleted a grace period later."
+        ),
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        editable=False,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = OnboardingTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = _("onboarding token")
+        constraints = [
+            # The claim's conditional UPDATE keeps to this; the constraint makes any other
+            # write that would overspend the token fail instead (RELIABILITY.md invariant 3).
+            models.CheckConstraint(
+                condition=models.Q(use_count__lte=models.F("max_uses")),
+                name="onboardingtoken_uses_within_max",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(max_uses__gte=1), name="onboardingtoken_max_uses_gte_1"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def state(self, at: datetime) -> TokenState:
+        """What a redemption at `at` would meet; revoked wins over expired over used up."""
+        if self.revoked_at is not None:
+            return TokenState.REVOKED
+        if self.expires_at is not None and self.expires_at <= at:
+            return TokenState.EXPIRED
+        if self.use_count >= self.max_uses:
+            return TokenState.USED_UP
+        return TokenState.USABLE
+
+    def is_usable(self, at: datetime) -> bool:
+        return self.state(at) == TokenState.USABLE
+
+    @property
+    def uses_left(self) -> int:
+        return max(0, self.max_uses - self.use_count)
+
+    def clean(self) -> None:
+        if self.max_uses is not None and self.max_uses < self.use_count:
+            raise ValidationError(
+                {
+                    "max_uses": _("It has been used %(count)d times already.")
+                    % {"count": self.use_count}
+                }
+            )
+        self.prefix = (self.prefix or "").strip().lower()
+        if self.prefix and (
+            not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", self.prefix)
+            or re.search(r"[._-]{2}", self.prefix)
+        ):
+            raise ValidationError(
+                {"prefix": _("Use lower-case letters, digits and . - _ (not first, not twice).")}
+            )
+        if self.domain_id is not None:
+            provider = self.domain.provider
+            if not provider.hosted:
+                raise ValidationError({"domain": _("Choose a domain of a hosted provider.")})
+            if provider.require_approval:
+                raise ValidationError(
+                    {
+                        "domain": _(
+                            "%(provider)s approves each new account by hand, but a DCACCOUNT "
+                            "code hands out credentials that must work at once. Turn approval "
+                            "off, or create the accounts yourself and print DCLOGIN codes."
+                        )
+                        % {"provider": provider.name}
+                    }
+                )
+            forbidden = set(".-_") - set(provider.username_punctuation)
+            if any(char in forbidden for char in self.prefix):
+                raise ValidationError(
+                    {
+                        "prefix": _("%(provider)s does not allow %(chars)s in user names.")
+                        % {"provider": provider.name, "chars": " ".join(sorted(forbidden))}
+                    }
+                )
+            longest = len(self.prefix) + ONBOARDING_RANDOM_LENGTH
+            if not provider.username_min_length <= longest <= provider.username_max_length:
+                raise ValidationError(
+                    {
+                        "prefix": _(
+                            "With the %(random)d random characters the user names would be "
+                            "%(length)d long; %(provider)s allows %(min)d to %(max)d."
+                        )
+                        % {
+                            "random": ONBOARDING_RANDOM_LENGTH,
+                            "length": longest,
+                            "provider": provider.name,
+                            "min": provider.username_min_length,
+                            "max": provider.username_max_length,
+                        }
+                    }
+                )
+
+
+# Random characters after the prefix of a token's addresses: 10 of 31 symbols, about 50
+# bits, so that a clash with an existing address is negligible (it is retried anyway).
+ONBOARDING_RANDOM_LENGTH = 10

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+from urllib.parse import unquote
 
 # Thunderbird skips a provider-list entry that lacks any of these.
 REQUIRED_LIST_FIELDS = (
@@ -87,11 +88,48 @@ class ListedProvider:
 
 
 def registration_template(base_url: str, slug: str) -> str:
-    """The hosted registration page as a Thunderbird `api` template."""
+    """The hosted registration page as a Thunderbird `api` template.
+
+    The address comes first: Thunderbird fills the template without URL-encoding, and a
+    browser cuts the URL at the first "#", which a typed name may contain, not an address.
+    """
     return (
         f"{base_url.rstrip('/')}/register/{slug}/"
-        "?first_name={firstname}&last_name={lastname}&email={email}"
+        "?email={email}&first_name={firstname}&last_name={lastname}"
     )
+
+
+@dataclass(frozen=True)
+class RegistrationQuery:
+    """What a mail client put into the registration URL: the names are only hints."""
+
+    email: str = ""
+    first_name: str = ""
+    last_name: str = ""
+
+
+REGISTRATION_KEYS = ("email", "first_name", "last_name")
+# "&" starts a new parameter only when a parameter name and "=" follow it; any other "&"
+# belongs to the value before (Thunderbird leaves "Tom & Jerry" unencoded).
+_PARAMETER_START = re.compile(r"&(?=[A-Za-z_][A-Za-z0-9_.-]*=)")
+
+
+def parse_registration_query(raw: bytes | str) -> RegistrationQuery:
+    """Read `email`, `first_name` and `last_name` from a raw, possibly unencoded query string.
+
+    Thunderbird replaces {email}, {firstname} and {lastname} without URL-encoding
+    (specs/provisioner.md), so a value may hold "&", "+", "%" or raw UTF-8. A "+" is kept as
+    a plus (Thunderbird never encodes a space as "+"); "%XX" sequences are decoded; bytes
+    that are not UTF-8 become U+FFFD. The first occurrence of each key counts.
+    """
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    values: dict[str, str] = {}
+    for part in _PARAMETER_START.split(text):
+        key, equals, value = part.partition("=")
+        if not equals or key not in REGISTRATION_KEYS or key in values:
+            continue
+        values[key] = unquote(value, errors="replace").strip()
+    return RegistrationQuery(**values)
 
 
 def price_value(price: Decimal | float | int) -> int | float:

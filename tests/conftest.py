@@ -396,3 +396,52 @@ def page(chromium: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     page = context.new_page()
     yield page
     context.close()
+
+
+# ----- server-rendered forms (the registration pages; self-service pages alike) ------------
+
+
+def form_values(html: str | bytes, action: str) -> dict[str, str]:
+    """The fields a browser would send from the form whose action ends with `action`.
+
+    Hidden and text inputs with their values, checked checkboxes, selected options; no
+    submit buttons (add the one "clicked"). AssertionError if no such form is on the page.
+    """
+    import lxml.html
+
+    document = lxml.html.fromstring(html)
+    for form in document.forms:
+        if (form.action or "").endswith(action):
+            values: dict[str, str] = {}
+            for name, value in form.form_values():
+                values.setdefault(name, value)
+            return values
+    raise AssertionError(f"no form posting to …{action} on the page")
+
+
+@pytest.fixture
+def page_form() -> Callable[[str | bytes, str], dict[str, str]]:
+    """`page_form(html, action)`: see form_values."""
+    return form_values
+
+
+def http_post_json(
+    url: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    """POST `body` as JSON over real HTTP (a live test server); the status and parsed answer."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(  # noqa: S310 - the live test server's http URL
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **(headers or {})},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:  # noqa: S310
+            parsed: dict[str, Any] = json.loads(answer.read())
+            return answer.status, parsed
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())

@@ -6,6 +6,7 @@ import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from types import SimpleNamespace
 from typing import ClassVar
 
@@ -16,6 +17,7 @@ from django.contrib.auth.password_validation import (
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, InterfaceError, OperationalError, models, transaction
 from django.utils import timezone
+from django.utils.translation import gettext, gettext_noop
 
 from accounts import passwords
 from accounts.mailbox import MailboxError, MailboxRequest, get_backend
@@ -35,7 +37,7 @@ from accounts.services.names import (
 )
 from portal.errors import Conflict, Forbidden, InvalidInput, ServiceUnavailable
 from providers.domains import DomainError, to_ascii
-from providers.models import ProviderDomain, Registration
+from providers.models import OnboardingToken, ProviderDomain, Registration
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +73,13 @@ class _PolicyFields:
     """The one thing the similarity validator asks of `_meta`: a readable field name."""
 
     names: ClassVar[dict[str, str]] = {
-        "local_part": "user name",
-        "full_name": "full name",
-        "email": "email address",
+        "local_part": gettext_noop("user name"),
+        "full_name": gettext_noop("full name"),
+        "email": gettext_noop("email address"),
     }
 
     def get_field(self, name: str) -> SimpleNamespace:
-        return SimpleNamespace(verbose_name=self.names[name])
+        return SimpleNamespace(verbose_name=gettext(self.names[name]))
 
 
 @dataclass(frozen=True)
@@ -123,9 +125,11 @@ def check_password_policy(
     provider = domain.provider
     problems = []
     if len(password) < provider.password_min_length:
-        problems.append(f"Use at least {provider.password_min_length} characters.")
+        problems.append(
+            gettext("Use at least %(count)d characters.") % {"count": provider.password_min_length}
+        )
     if any(ord(char) < 32 or ord(char) == 127 for char in password):
-        problems.append("The password cannot contain control characters.")
+        problems.append(gettext("The password cannot contain control characters."))
     subject = _PolicySubject(local_part=local_part, full_name=full_name, email=email)
     validators = (
         CommonPasswordValidator(),
@@ -148,7 +152,7 @@ def check_address_available(domain: ProviderDomain, local_part: str) -> str:
     holders = MailAccount.objects.filter(domain=domain, local_part=normalised)
     # An interrupted creation holds the name only until someone asks for it (_insert).
     if holders.exclude(pk__in=MailAccount.objects.interrupted(MailboxState.CREATING)).exists():
-        raise AddressTaken("This address is already taken.")
+        raise AddressTaken(gettext("This address is already taken."))
     return normalised
 
 
@@ -187,13 +191,18 @@ def available_local_parts(
 
 def check_registration_open(domain: ProviderDomain, created_via: str, token_ok: bool) -> None:
     """Raise RegistrationDisabled unless this front door may create accounts on `domain`."""
-    provider = domain.provider
     if created_via == CreatedVia.ADMIN:
         return  # administrators create accounts whatever the public policy
-    if not provider.enabled or provider.registration == Registration.CLOSED:
-        raise RegistrationDisabled("Registration is closed for this domain.")
-    if provider.registration == Registration.TOKEN and not token_ok:
-        raise RegistrationDisabled("Registration for this domain needs an invitation.")
+    gate = domain.provider.registration_gate()
+    if gate == Registration.CLOSED:
+        raise RegistrationDisabled(gettext("Registration is closed for this domain."))
+    if gate == Registration.TOKEN and not token_ok:
+        raise RegistrationDisabled(gettext("Registration for this domain needs an invitation."))
+
+
+def awaits_approval(account: MailAccount) -> bool:
+    """True while an administrator has yet to approve the account (it cannot log in)."""
+    return account.status == AccountStatus.APPROVAL
 
 
 def initial_status(domain: ProviderDomain, created_via: CreatedVia | str) -> AccountStatus:
@@ -217,6 +226,8 @@ def create_account(
     third_pids: Sequence[tuple[str, str]] = (),
     status: AccountStatus | None = None,
     token_ok: bool = False,
+    onboarding_token: OnboardingToken | None = None,
+    expires_at: datetime | None = None,
 ) -> MailAccount:
     """Create a mail account and its mailbox, all or nothing.
 
@@ -224,6 +235,9 @@ def create_account(
     door it came through, optional third-party IDs as (kind, value). `token_ok` says the
     caller redeemed an onboarding token (needed where registration is "token"). `status`
     defaults to initial_status(); pass PENDING for an account awaiting email verification.
+    `onboarding_token` is recorded on the row (committed with it: the token's uses and its
+    accounts agree), `expires_at` ends a temporary account's lifetime
+    (accounts.services.lifetime).
     Errors: `reg_disabled` (domain not hosted, closed, or token needed), `invalid_username`,
     `weak_password`, `invalid_email` / `invalid_msisdn`, `id_exists` (address or a
     third-party ID taken, also when a concurrent request won the race: the unique
@@ -258,6 +272,8 @@ def create_account(
         status=status or initial_status(row, created_via),
         mailbox_state=MailboxState.CREATING,
         created_via=created_via,
+        onboarding_token=onboarding_token,
+        expires_at=expires_at,
     )
     try:
         _insert(account, pids)

@@ -6,6 +6,8 @@ import itertools
 import re
 import unicodedata
 
+from django.utils.translation import gettext
+
 from portal.errors import InvalidInput
 from providers.domains import DomainError, to_ascii
 from providers.models import Provider
@@ -43,21 +45,28 @@ def check_local_part(local_part: str, provider: Provider, reserved: frozenset[st
     """Raise NameRefused saying why `local_part` (normalised) cannot be registered."""
     low, high = provider.username_min_length, provider.username_max_length
     if not low <= len(local_part) <= high:
-        raise NameRefused(f"The user name must have {low} to {high} characters.")
+        raise NameRefused(
+            gettext("The user name must have %(low)d to %(high)d characters.")
+            % {"low": low, "high": high}
+        )
     punctuation = provider.username_punctuation
     allowed = f"a-z0-9{re.escape(punctuation)}"
     if not re.fullmatch(f"[{allowed}]+", local_part):
-        extra = f" and {' '.join(punctuation)}" if punctuation else ""
-        raise NameRefused(f"Use only the letters a-z, digits{extra}.")
+        if punctuation:
+            raise NameRefused(
+                gettext("Use only the letters a-z, digits and %(punctuation)s.")
+                % {"punctuation": " ".join(punctuation)}
+            )
+        raise NameRefused(gettext("Use only the letters a-z, digits."))
     if local_part[0] in punctuation or local_part[-1] in punctuation:
-        raise NameRefused("The user name cannot start or end with punctuation.")
+        raise NameRefused(gettext("The user name cannot start or end with punctuation."))
     if any(a in punctuation and b in punctuation for a, b in itertools.pairwise(local_part)):
-        raise NameRefused("The user name cannot have two punctuation marks in a row.")
+        raise NameRefused(gettext("The user name cannot have two punctuation marks in a row."))
     # A reserved name stays reserved with punctuation changed: "post-master", "no.reply".
     if local_part in reserved or re.sub(r"[._-]", "", local_part) in {
         re.sub(r"[._-]", "", name) for name in reserved
     }:
-        raise NameRefused("This name is reserved.")
+        raise NameRefused(gettext("This name is reserved."))
 
 
 def normalise_third_pid(kind: str, value: str) -> str:

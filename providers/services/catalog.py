@@ -133,6 +133,10 @@ _PROVIDER_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "suggestionTimeout": ("suggestion_timeout", _seconds_or_null),
     "suggestionCount": ("suggestion_count", _whole_number_or_null),
     "requireApproval": ("require_approval", _boolean),
+    # Extensions: the registration pages' look and their answer to "cancel" (the logo is
+    # uploaded in admin: images stay out of the catalog).
+    "accentColor": ("accent_color", _string),
+    "cancelAnswer": ("cancel_answer", _string),
 }
 _NON_DEFAULT_KEYS = (
     "usernameMinLength",
@@ -143,6 +147,8 @@ _NON_DEFAULT_KEYS = (
     "suggestionTimeout",
     "suggestionCount",
     "requireApproval",
+    "accentColor",
+    "cancelAnswer",
 )
 _SERVER_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "type": ("type", _string),

@@ -48,4 +48,10 @@ def _listed(provider: Provider) -> provisioner.ListedProvider:
         tos_url=provider.tos_url,
         privacy_url=provider.privacy_url,
         countries=tuple(provider.country_list),
+        # The logo uploaded in admin, served by the registration pages (hosted or not).
+        icon=(
+            f"{settings.PORTAL_BASE_URL.rstrip('/')}/register/{provider.slug}/logo"
+            if provider.has_logo
+            else ""
+        ),
     )

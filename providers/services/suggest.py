@@ -27,6 +27,14 @@ MAX_NAME_LENGTH = 200
 _REFUSED_CATEGORIES = {"Cc", "Cs"}
 
 
+def _refused(char: str) -> bool:
+    """Not part of any name: Cc, Cs, and the noncharacters (U+FFFE, U+FFFF and the like),
+    which XML cannot carry either (names end up in clientConfig documents)."""
+    point = ord(char)
+    noncharacter = 0xFDD0 <= point <= 0xFDEF or point & 0xFFFE == 0xFFFE
+    return noncharacter or unicodedata.category(char) in _REFUSED_CATEGORIES
+
+
 class NotAllowed(Forbidden):
     code = "not_allowed"
     default_message = "This address may not ask this provider for suggestions."
@@ -46,7 +54,8 @@ def check_name_query(*, first_name: str, last_name: str, country: str = "") -> N
     wrong.
 
     Codes: `name_missing` (both parts empty), `name_too_long` (a part longer than 200
-    characters), `invalid_name` (control characters or lone surrogates), `invalid_country`.
+    characters), `invalid_name` (control characters, lone surrogates, noncharacters),
+    `invalid_country`.
     Format characters such as the zero-width non-joiner of Persian names, and any kind of
     space, are part of how names are written and pass.
     """
@@ -60,7 +69,7 @@ def check_name_query(*, first_name: str, last_name: str, country: str = "") -> N
                 f"A name part may have at most {MAX_NAME_LENGTH} characters.",
                 code="name_too_long",
             )
-        if any(unicodedata.category(char) in _REFUSED_CATEGORIES for char in part):
+        if any(_refused(char) for char in part):
             raise InvalidInput("A name cannot hold control characters.", code="invalid_name")
     country = country.strip().upper()
     if country and not (len(country) == 2 and country.isascii() and country.isalpha()):

@@ -21,8 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +46,7 @@ from accounts.models import (
 )
 from accounts.services.names import BUILTIN_RESERVED
 from providers.models import Provider, Registration
+from tests.conftest import http_post_json
 
 URL = "/api/v1/register"
 VERIFY_URL = "/api/v1/register/verify"
@@ -643,22 +642,6 @@ def test_register_after_a_5xx_forgets_the_key_so_a_retry_runs(
     assert MailAccount.objects.count() == 1
 
 
-def _http_post(
-    url: str, body: dict[str, Any], headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(  # noqa: S310 - the live test server's http URL
-        url,
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", **(headers or {})},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as answer:  # noqa: S310
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def test_register_answers_409_in_progress_to_a_retry_while_the_first_runs(
     live_server: Any, verifying_provider: Provider, smtp_inbox: _Inbox
 ) -> None:
@@ -668,14 +651,14 @@ def test_register_answers_409_in_progress_to_a_retry_while_the_first_runs(
     body = message()
     url = live_server.url + URL
     with ThreadPoolExecutor(1) as pool:
-        first = pool.submit(_http_post, url, body)
+        first = pool.submit(http_post_json, url, body)
         assert smtp_inbox.arrived.wait(30)
-        status, answer = _http_post(url, body)
+        status, answer = http_post_json(url, body)
         smtp_inbox.release.set()
         assert status == HTTPStatus.CONFLICT
         assert answer["payload"]["errID"] == cpe3.IN_PROGRESS
         assert first.result()[0] == HTTPStatus.ACCEPTED
-    status, answer = _http_post(url, body)
+    status, answer = http_post_json(url, body)
     assert status == HTTPStatus.ACCEPTED
     assert MailAccount.objects.count() == 1
     assert len(smtp_inbox.messages) == 1
@@ -694,7 +677,7 @@ def test_twenty_concurrent_registrations_of_one_address_create_exactly_one(
 
     def send(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         barrier.wait()
-        return _http_post(url, body)
+        return http_post_json(url, body)
 
     with ThreadPoolExecutor(20) as pool:
         results = list(pool.map(send, bodies))

@@ -360,3 +360,35 @@ def fanout_mode(request: pytest.FixtureRequest, settings: Any) -> str:
 def threads_mode(settings: Any) -> None:
     """The fan-out without a worker: remote providers asked from this process's threads."""
     settings.CELERY_TASK_ALWAYS_EAGER = True
+
+
+# ----- onboarding tokens (QR onboarding) ------------------------------------------------------
+
+
+@pytest.fixture
+def make_token(make_provider: Callable[..., Provider]) -> Callable[..., Any]:
+    """Issue a token through the service: `make_token(max_uses=10)` -> IssuedToken.
+
+    Creates the provider example.org on first use unless `domain=` is given.
+    """
+    from datetime import timedelta
+
+    from providers.models import OnboardingToken, ProviderDomain
+    from providers.services import onboarding
+
+    def make(
+        *,
+        domain: ProviderDomain | None = None,
+        valid_for: timedelta | None = timedelta(days=7),
+        **fields: Any,
+    ) -> onboarding.IssuedToken:
+        if domain is None:
+            domain = ProviderDomain.objects.filter(name="example.org").first()
+            if domain is None:
+                domain = make_provider().domains.get()
+        values = {"name": f"token {uuid.uuid4().hex[:8]}", "max_uses": 1, **fields}
+        return onboarding.issue_token(
+            token=OnboardingToken(domain=domain, **values), valid_for=valid_for
+        )
+
+    return make

@@ -46,6 +46,7 @@ def provider_form(
         "username_max_length": "32",
         "username_punctuation": ".-_",
         "password_min_length": "8",
+        "cancel_answer": "document",
         **fields,
     }
     data |= inline("domains", [{"name": d, "position": i} for i, d in enumerate(domains)])
@@ -331,3 +332,91 @@ def test_admin_token_actions_are_for_those_who_may_change_suggestion_clients(
     assert "<code>" not in as_viewer.content.decode()  # no token shown
     assert as_stranger.status_code == HTTPStatus.FOUND  # to the login page
     assert SuggestionClient.objects.get(pk=row.pk).token_sha256 == before  # nothing changed
+
+
+# ----- the registration pages' look ----------------------------------------------------------
+
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082"
+)
+
+
+def _with_logo(name: str, data: bytes, **fields: Any) -> dict[str, Any]:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    form = provider_form(domains=["example.org"], incoming=[IMAP], outgoing=[SMTP], **fields)
+    # The browser's claimed type is ignored: the bytes decide.
+    return form | {"logo_file": SimpleUploadedFile(name, data, content_type="image/png")}
+
+
+def test_admin_stores_an_uploaded_logo_by_its_bytes_and_shows_the_page_link(
+    admin_client: Any,
+) -> None:
+    response = admin_client.post(ADD_URL, _with_logo("logo.png", PNG, accent_color="#AA3300"))
+
+    assert response.status_code == HTTPStatus.FOUND, response.context["errors"]
+    provider = Provider.objects.get(slug="demo")
+    assert (bytes(provider.logo), provider.logo_type) == (PNG, "image/png")
+    assert provider.accent_color == "#aa3300"
+    page = admin_client.get(f"/admin/providers/provider/{provider.pk}/change/")
+    assert 'href="/register/demo/"' in page.content.decode()
+    assert 'src="/register/demo/logo"' in page.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("logo.svg", b'<svg xmlns="http://www.w3.org/2000/svg" onload="x()"/>', "event handlers"),
+        ("logo.png", b"MZ\x90\x00 not an image", "Upload a PNG"),
+    ],
+)
+def test_admin_refuses_a_logo_that_is_not_a_safe_image(
+    admin_client: Any, name: str, data: bytes, message: str
+) -> None:
+    response = admin_client.post(ADD_URL, _with_logo(name, data))
+
+    assert response.status_code == HTTPStatus.OK
+    assert message in str(response.context["errors"])
+    assert not Provider.objects.exists()
+
+
+def test_admin_refuses_a_malformed_accent_colour(admin_client: Any) -> None:
+    form = provider_form(domains=["example.org"], incoming=[IMAP], outgoing=[SMTP])
+
+    response = admin_client.post(ADD_URL, form | {"accent_color": "blue"})
+
+    assert response.status_code == HTTPStatus.OK
+    assert "six hex digits" in str(response.context["errors"])
+
+
+def test_admin_removes_the_logo(admin_client: Any) -> None:
+    admin_client.post(ADD_URL, _with_logo("logo.png", PNG))
+    provider = Provider.objects.get(slug="demo")
+    change = f"/admin/providers/provider/{provider.pk}/change/"
+    page = admin_client.get(change)
+    data = {
+        key: value
+        for key, value in page.context["adminform"].form.initial.items()
+        if isinstance(value, str | int) and not isinstance(value, bool)
+    }
+    form = provider_form(domains=[], incoming=[], outgoing=[]) | data
+    # The existing inline rows, as the change page sends them back.
+    for prefix, formset in (
+        ("domains", provider.domains.all()),
+        ("servers", provider.servers.filter(type="imap")),
+        ("servers-2", provider.servers.filter(type="smtp")),
+    ):
+        rows = list(formset.values())
+        form[f"{prefix}-TOTAL_FORMS"] = form[f"{prefix}-INITIAL_FORMS"] = str(len(rows))
+        for index, row in enumerate(rows):
+            row["provider"] = row.pop("provider_id")
+            form |= {f"{prefix}-{index}-{key}": value for key, value in row.items()}
+
+    response = admin_client.post(
+        change, form | {"remove_logo": "on", "enabled": "on", "hosted": "on"}
+    )
+
+    assert response.status_code == HTTPStatus.FOUND, response.context["errors"]
+    provider.refresh_from_db()
+    assert (bytes(provider.logo), provider.logo_type) == (b"", "")

@@ -42,7 +42,7 @@ def test_provider_list_answers_every_required_field(
         "paid": False,
         "languages": ["en", "de"],
         "api": "https://portal.example/register/example/"
-        "?first_name={firstname}&last_name={lastname}&email={email}",
+        "?email={email}&first_name={firstname}&last_name={lastname}",
         "tos_url": "https://example.org/tos",
         "privacy_url": "https://example.org/privacy",
         "sells_domain": False,
@@ -101,3 +101,15 @@ def test_provider_list_costs_two_queries_whatever_the_number_of_providers(
         response = client.get(URL)
 
     assert len(response.json()) == 5
+
+
+def test_provider_list_offers_the_logo_as_icon(
+    client: Client, listed: Provider, settings: Any
+) -> None:
+    settings.PORTAL_BASE_URL = "https://portal.example"
+    Provider.objects.filter(pk=listed.pk).update(logo=b"\x89PNG\r\n\x1a\n", logo_type="image/png")
+
+    (entry,) = client.get(URL).json()
+
+    assert entry["icon"] == "https://portal.example/register/example/logo"
+    assert client.get("/register/example/logo").status_code == HTTPStatus.OK

@@ -820,3 +820,37 @@ def test_etag_for_is_strong_quoted_sha256_prefix() -> None:
     # sha256(b"document") begins 43cc23fa52b87b4cc1d02b5b11415415
     assert autoconfig.etag_for(b"document") == '"43cc23fa52b87b4cc1d02b5b11415415"'
     assert autoconfig.etag_for(b"document2") != autoconfig.etag_for(b"document")
+
+
+# ----- the answer to a successful registration (account_config) ----------------------------
+
+
+def test_account_config_expands_each_servers_username_and_adds_the_password() -> None:
+    document = autoconfig.account_config(
+        make_provider(), email="juliet@example.org", password=CANARY
+    )
+
+    root = DET.fromstring(document)
+    servers = [*root.iter("incomingServer"), *root.iter("outgoingServer")]
+    assert [(s.get("type"), s.findtext("username"), s.findtext("password")) for s in servers] == [
+        ("imap", "juliet@example.org", CANARY),
+        ("pop3", "juliet", CANARY),
+        ("smtp", "juliet@example.org", CANARY),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("email", "password"),
+    [("not-an-address", "pw"), ("juliet@example.org", ""), ("juliet@example.org", "p\x00w")],
+)
+def test_account_config_raises_value_error_on_unusable_input(email: str, password: str) -> None:
+    with pytest.raises(ValueError):
+        autoconfig.account_config(make_provider(), email=email, password=password)
+
+
+@pytest.mark.parametrize(
+    ("value", "safe"),
+    [("ok & <fine> ]]> 🙂", True), ("tab\tok", True), ("nul\x00", False), ("\ufffe", False)],
+)
+def test_xml_safe_tells_what_a_document_can_carry(value: str, safe: bool) -> None:
+    assert autoconfig.xml_safe(value) is safe

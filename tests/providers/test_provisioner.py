@@ -25,7 +25,7 @@ def test_listed_provider_entry_has_every_field_thunderbird_requires() -> None:
     assert set(provisioner.REQUIRED_LIST_FIELDS) <= set(entry)
     assert entry["api"] == (
         "https://portal.example/register/demo/"
-        "?first_name={firstname}&last_name={lastname}&email={email}"
+        "?email={email}&first_name={firstname}&last_name={lastname}"
     )
     assert "icon" not in entry
 
@@ -123,3 +123,41 @@ def test_parse_remote_answer_takes_succeeded_false_as_declined() -> None:
 def test_parse_remote_answer_refuses_malformed_answers(body: bytes) -> None:
     with pytest.raises(MalformedAnswer):
         parse_remote_answer("p.example", body)
+
+
+# ----- the registration URL as Thunderbird fills it (raw, unencoded) ------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            b"email=juliet@example.org&first_name=Juliet&last_name=Capulet",
+            ("juliet@example.org", "Juliet", "Capulet"),
+        ),
+        # "&" inside a value: only "&name=" starts a parameter.
+        (
+            b"email=a@example.org&first_name=Tom & Jerry&last_name=B&B",
+            ("a@example.org", "Tom & Jerry", "B&B"),
+        ),
+        # "+" stays a plus; %XX is decoded; raw UTF-8 is read as UTF-8.
+        (
+            "email=a+b@example.org&first_name=Anne+Marie%20Ü&last_name=Müller 李".encode(),
+            ("a+b@example.org", "Anne+Marie Ü", "Müller 李"),
+        ),
+        # A lone "%" and bytes that are not UTF-8 survive.
+        (b"first_name=100%&last_name=\xff", ("", "100%", "\ufffd")),
+        # Keys the client appends, repeats and junk are ignored; the first value counts.
+        (
+            b"email=a@example.org&email=b@example.org&price=0&x&first_name=A",
+            ("a@example.org", "A", ""),
+        ),
+        (b"", ("", "", "")),
+    ],
+)
+def test_parse_registration_query_reads_raw_values(
+    raw: bytes, expected: tuple[str, str, str]
+) -> None:
+    query = provisioner.parse_registration_query(raw)
+
+    assert (query.email, query.first_name, query.last_name) == expected

@@ -579,6 +579,8 @@ def test_account_rules_round_trip_and_defaults_stay_out_of_the_export() -> None:
                 "passwordMinLength": 12,
                 "requireVerifiedEmail": True,
                 "requireApproval": True,
+                "accentColor": "#AA3300",
+                "cancelAnswer": "page",
             }
         ]
     }
@@ -590,6 +592,7 @@ def test_account_rules_round_trip_and_defaults_stay_out_of_the_export() -> None:
     assert (strict.require_verified_email, strict.require_approval) == (True, True)
     assert (entry["passwordMinLength"], entry["requireVerifiedEmail"]) == (12, True)
     assert entry["requireApproval"] is True
+    assert (entry["accentColor"], entry["cancelAnswer"]) == ("#aa3300", "page")
     assert "usernameMinLength" not in entry
     assert import_providers(data=export_providers()).unchanged == 1
 

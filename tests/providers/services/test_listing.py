@@ -30,7 +30,7 @@ def test_provider_list_points_hosted_providers_at_this_portal_and_remote_ones_at
 
     assert entries["example.org"]["api"] == (
         "https://portal.example.net/register/demo/"
-        "?first_name={firstname}&last_name={lastname}&email={email}"
+        "?email={email}&first_name={firstname}&last_name={lastname}"
     )
     assert entries["remote.example"]["api"] == "https://remote.example/signup?email={email}"
     assert [entry["label"] for entry in listing.provider_list().entries] == [

@@ -219,6 +219,7 @@ def test_short_names_reach_the_shortest_length_with_numbers(provider: Provider) 
         ("Juli\x07et", "", "", "invalid_name"),
         ("Juliet", "Cap\nulet", "", "invalid_name"),
         ("Juli\udc80et", "", "", "invalid_name"),  # a lone surrogate is not text
+        ("Juli\uffffet", "", "", "invalid_name"),  # a noncharacter, which XML cannot carry
         ("Juliet", "", "Germany", "invalid_country"),
         ("Juliet", "", "D1", "invalid_country"),
     ],

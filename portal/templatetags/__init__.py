@@ -1,0 +1,1 @@
+"""Template tags shared by the portal's server-rendered pages."""

@@ -1,0 +1,215 @@
+"""The hosted registration flow's service (providers/services/registration.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import time_machine
+from django.core import signing
+from django.utils import timezone
+
+from accounts.models import AccountStatus, MailAccount
+from accounts.services.accounts import AddressTaken, RegistrationDisabled, create_account
+from accounts.services.names import NameRefused
+from portal.errors import InvalidInput
+from providers.models import Provider
+from providers.services import registration
+from providers.services.registration import Flow, FlowExpired, FlowInvalid
+
+PASSWORD = "Balcony-at-midnight-42"
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def provider(make_provider: Callable[..., Provider]) -> Provider:
+    return make_provider(domains=("example.org", "example.net"))
+
+
+def chosen(provider: Provider, local_part: str = "juliet", **fields: Any) -> Flow:
+    flow = Flow(slug=provider.slug, domain="example.org", **fields)
+    return registration.choose_address(
+        provider=provider,
+        flow=flow,
+        first_name="Juliet",
+        last_name="Capulet",
+        local_part=local_part,
+        domain="example.org",
+    )
+
+
+def test_a_signed_flow_reads_back_only_for_its_provider(provider: Provider) -> None:
+    flow = Flow(slug="example", first_name="Juliet", local_part="juliet", domain="example.org")
+    signed = flow.sign()
+
+    assert registration.read_flow(signed, slug="example") == flow
+    with pytest.raises(FlowInvalid):
+        registration.read_flow(signed, slug="other")
+
+
+@pytest.mark.parametrize(
+    "signed",
+    [
+        "",
+        "garbage",
+        signing.dumps(["not", "a", "flow"], salt="providers.services.registration.flow"),
+        signing.dumps({"slug": "example"}, salt="providers.services.registration.flow"),
+        signing.dumps(  # another purpose's signature (salt) over a flow-shaped value
+            {
+                "slug": "example",
+                "first_name": "",
+                "last_name": "",
+                "local_part": "x",
+                "domain": "example.org",
+                "token_ok": True,
+            },
+            salt="another.purpose",
+        ),
+    ],
+)
+def test_anything_but_a_flow_we_signed_is_invalid(signed: str) -> None:
+    with pytest.raises(FlowInvalid):
+        registration.read_flow(signed, slug="example")
+
+
+def test_a_flow_expires_after_the_configured_age(settings: Any) -> None:
+    signed = Flow(slug="example").sign()
+    later = timezone.now() + timedelta(seconds=settings.REGISTRATION_FLOW_MAX_AGE + 5)
+
+    with time_machine.travel(later), pytest.raises(FlowExpired):
+        registration.read_flow(signed, slug="example")
+
+
+@pytest.mark.parametrize(
+    ("raw", "local_part", "domain"),
+    [
+        ("email=juliet@example.net", "juliet", "example.net"),
+        ("email=Juliet@EXAMPLE.org", "Juliet", "example.org"),
+        ("email=juliet@elsewhere.example", "juliet", "example.org"),
+        ("first_name=Juliet", "", "example.org"),
+    ],
+)
+def test_start_flow_prefills_from_the_email_and_a_domain_of_the_provider(
+    provider: Provider, raw: str, local_part: str, domain: str
+) -> None:
+    flow, typed, chosen_domain = registration.start_flow(provider=provider, raw_query=raw)
+
+    assert (typed, chosen_domain, flow.domain) == (local_part, domain, domain)
+
+
+def test_start_flow_drops_control_characters_from_the_names(provider: Provider) -> None:
+    flow, _, _ = registration.start_flow(
+        provider=provider, raw_query="first_name=Ju%0Aliet%00&last_name=Cap%1Bulet"
+    )
+
+    assert (flow.first_name, flow.last_name) == ("Juliet", "Capulet")
+
+
+def test_choose_address_normalises_and_keeps_the_names(provider: Provider) -> None:
+    flow = chosen(provider, "Juliet")
+
+    assert (flow.local_part, flow.domain, flow.full_name) == (
+        "juliet",
+        "example.org",
+        "Juliet Capulet",
+    )
+
+
+def test_choose_address_refuses_taken_invalid_and_foreign_addresses(provider: Provider) -> None:
+    create_account(
+        domain="example.org", local_part="juliet", password=PASSWORD, created_via="admin"
+    )
+
+    with pytest.raises(AddressTaken):
+        chosen(provider)
+    with pytest.raises(NameRefused):
+        chosen(provider, "root")
+    with pytest.raises(InvalidInput) as foreign:
+        registration.choose_address(
+            provider=provider,
+            flow=Flow(slug=provider.slug),
+            first_name="J",
+            last_name="",
+            local_part="romeo",
+            domain="elsewhere.example",
+        )
+    assert foreign.value.code == "reg_disabled"
+
+
+def test_choose_address_needs_the_token_on_a_token_provider(
+    make_provider: Callable[..., Provider],
+) -> None:
+    provider = make_provider(registration="token")
+
+    with pytest.raises(InvalidInput) as refused:
+        chosen(provider)
+    assert refused.value.code == "reg_disabled"
+    assert chosen(provider, token_ok=True).local_part == "juliet"
+
+
+def test_onboarding_tokens_are_all_refused_until_tokens_exist(provider: Provider) -> None:
+    with pytest.raises(registration.InvitationRefused):
+        registration.redeem_invitation(provider=provider, flow=Flow(slug="example"), token="x")
+
+
+def test_register_creates_the_account_and_its_credentials_document(provider: Provider) -> None:
+    done = registration.register(provider=provider, flow=chosen(provider), password=PASSWORD)
+
+    assert (done.address, done.full_name) == ("juliet@example.org", "Juliet Capulet")
+    assert done.document is not None and PASSWORD.encode() in done.document
+    account = MailAccount.objects.get()
+    assert (account.created_via, account.status) == ("hosted", AccountStatus.ACTIVE)
+
+
+def test_register_without_a_chosen_address_is_invalid(provider: Provider) -> None:
+    with pytest.raises(FlowInvalid):
+        registration.register(provider=provider, flow=Flow(slug="example"), password=PASSWORD)
+
+
+def test_register_gives_no_credentials_while_approval_is_pending(
+    make_provider: Callable[..., Provider],
+) -> None:
+    provider = make_provider(require_approval=True)
+
+    done = registration.register(provider=provider, flow=chosen(provider), password=PASSWORD)
+
+    assert done.document is None
+    assert MailAccount.objects.get().status == AccountStatus.APPROVAL
+
+
+def test_register_on_a_provider_closed_since_creates_nothing(provider: Provider) -> None:
+    flow = chosen(provider)
+    Provider.objects.filter(pk=provider.pk).update(registration="closed")
+    provider.refresh_from_db()
+
+    with pytest.raises(RegistrationDisabled):
+        registration.register(provider=provider, flow=flow, password=PASSWORD)
+    assert not MailAccount.objects.exists()
+
+
+def test_register_builds_the_document_first_so_a_broken_provider_creates_nothing(
+    provider: Provider,
+) -> None:
+    flow = chosen(provider)
+    provider.servers.all().delete()
+
+    with pytest.raises(registration.ProviderMisconfigured):
+        registration.register(provider=provider, flow=flow, password=PASSWORD)
+    assert not MailAccount.objects.exists()
+
+
+def test_alternatives_come_from_the_names_or_else_from_what_was_typed(provider: Provider) -> None:
+    create_account(
+        domain="example.org", local_part="juliet", password=PASSWORD, created_via="admin"
+    )
+    named = Flow(slug="example", first_name="Juliet", last_name="Capulet")
+
+    from_names = registration.alternatives(provider=provider, flow=named, typed="juliet")
+    from_typed = registration.alternatives(provider=provider, flow=Flow(slug="x"), typed="juliet")
+
+    assert from_names[0] == "juliet.capulet@example.org"
+    assert "juliet@example.org" not in from_names + from_typed
+    assert from_typed and all(address.startswith("juliet") for address in from_typed)
