@@ -275,7 +275,7 @@ def address(request: HttpRequest, provider: Provider, flow: Flow) -> HttpRespons
             first_name=form.cleaned_data["first_name"],
             last_name=form.cleaned_data["last_name"],
             domain=form.cleaned_data["domain"],
-            token_ok=flow.token_ok,
+            token_id=flow.token_id,
         )
         offered = registration.alternatives(provider=provider, flow=named, typed=typed)
         return _address_page(
@@ -322,8 +322,9 @@ def password(request: HttpRequest, provider: Provider, flow: Flow) -> HttpRespon
         if exc.code == FlowInvalid.code:
             return _flow_problem(request, provider, exc)
         logger.error("registration %s: %s (%s)", provider.slug, exc.code, exc.message)
+        # The mail server or database (503), or an onboarding token used up meanwhile (410).
         return _document(
-            provider, "ERROR", registration.describe_error(exc), HTTPStatus.SERVICE_UNAVAILABLE
+            provider, "ERROR", registration.describe_error(exc), HTTPStatus(exc.status)
         )
     if done.document is None:
         return _page(

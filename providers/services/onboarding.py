@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http import HTTPStatus
@@ -32,6 +34,7 @@ from providers import qr, sheets
 from providers.models import (
     ONBOARDING_RANDOM_LENGTH,
     OnboardingToken,
+    Provider,
     TokenState,
     token_digest,
 )
@@ -194,38 +197,72 @@ def secret_from_code(*, token: OnboardingToken, code: str) -> str:
 def redeem_token(*, secret: str) -> Redemption:
     """Create one account with the token whose secret this is (a DCACCOUNT POST).
 
-    Errors, each its own code: `token_unknown` (403), `token_revoked` (403),
-    `token_expired` (410), `token_used_up` (410), `approval_required` (403; the provider
-    approves accounts by hand), `reg_disabled` (403; provider disabled or closed), and
-    create_account's `mailbox_failed` / `database_unavailable` (503). On any error no
-    account exists and the token's use count is as before (module docstring: the gap).
+    Errors, each its own code: those of usable_token, and create_account's
+    `mailbox_failed` / `database_unavailable` (503). On any error no account exists and the
+    token's use count is as before (module docstring: the gap).
     Side effects: one use claimed (its own commit), one account created through
     create_account and linked to the token.
     """
+    token = usable_token(secret=secret)
+    with claimed_use(token) as now:
+        return _create_account(token, now)
+
+
+def usable_token(*, secret: str, provider: Provider | None = None) -> OnboardingToken:
+    """The token whose secret this is, if it may create an account now (nothing claimed).
+
+    With `provider`, only that provider's tokens count. Errors, each its own code:
+    `token_unknown` (403; also another provider's token), `token_revoked` (403),
+    `token_expired` (410), `token_used_up` (410), `approval_required` (403; the provider
+    approves accounts by hand), `reg_disabled` (403; provider disabled or closed),
+    `database_unavailable`.
+    """
     try:
-        token = (
-            OnboardingToken.objects.for_secret(secret).select_related("domain__provider").first()
-            if secret
-            else None
-        )
+        tokens = OnboardingToken.objects.for_secret(secret).select_related("domain__provider")
+        if provider is not None:
+            tokens = tokens.filter(domain__provider=provider)
+        token = tokens.first() if secret else None
     except _DB_DOWN as exc:
         raise _database_unavailable("token look-up", exc) from None
     if token is None:
         raise TokenUnknown()
-    now = timezone.now()
-    state = token.state(now)
+    state = token.state(timezone.now())
     if state != TokenState.USABLE:
         raise _REFUSALS[state]()
-    provider = token.domain.provider
-    if provider.require_approval:
+    if token.domain.provider.require_approval:
         raise ApprovalRequired()
     account_services.check_registration_open(token.domain, CREATED_VIA, token_ok=True)
+    return token
+
+
+@contextmanager
+def claimed_use(token: OnboardingToken) -> Iterator[datetime]:
+    """Claim one use of `token` for the block (which creates its account), or refuse.
+
+    The claim commits on its own before the block runs; if the block raises, the use is
+    given back. Errors of the claim: `token_revoked`, `token_expired`, `token_used_up`
+    (whatever changed since usable_token), `database_unavailable`. Yields the claim's time.
+    """
+    now = timezone.now()
     _claim(token, now)
     try:
-        return _create_account(token, now)
+        yield now
     except BaseException:
         _give_back(token)
         raise
+
+
+def account_expiry(token: OnboardingToken, now: datetime) -> datetime | None:
+    """When an account the token creates at `now` ends (None: it stays)."""
+    return now + token.account_lifetime if token.account_lifetime else None
+
+
+def token_for_flow(token_id: int) -> OnboardingToken:
+    """A token a registration page accepted earlier (by id, from its signed state)."""
+    token = OnboardingToken.objects.select_related("domain__provider").filter(pk=token_id).first()
+    if token is None:
+        raise TokenUnknown()
+    return token
 
 
 def _claim(token: OnboardingToken, now: datetime) -> None:
@@ -267,7 +304,7 @@ def _database_unavailable(what: str, exc: Exception) -> PortalError:
 
 def _create_account(token: OnboardingToken, now: datetime) -> Redemption:
     password = account_services.generate_password()
-    expires_at = now + token.account_lifetime if token.account_lifetime else None
+    expires_at = account_expiry(token, now)
     for attempt in range(ADDRESS_ATTEMPTS):
         local_part = token.prefix + "".join(
             secrets.choice(LOCAL_PART_ALPHABET) for _ in range(ONBOARDING_RANDOM_LENGTH)

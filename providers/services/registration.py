@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -29,6 +30,7 @@ from accounts.services.accounts import (
 from portal.errors import InvalidInput, NotFound, PortalError, ServiceUnavailable
 from providers import autoconfig, provisioner
 from providers.models import Provider, ProviderDomain, Registration
+from providers.services import onboarding
 from providers.services.suggest import check_name_query, suggest_addresses
 
 logger = logging.getLogger(__name__)
@@ -75,7 +77,11 @@ class Flow:
     last_name: str = ""
     local_part: str = ""  # normalised, "" until an address was accepted
     domain: str = ""  # A-label of the chosen domain
-    token_ok: bool = False
+    token_id: int = 0  # the onboarding token accepted on the token step (0: none)
+
+    @property
+    def token_ok(self) -> bool:
+        return self.token_id != 0
 
     @property
     def address(self) -> str:
@@ -95,7 +101,7 @@ _FIELDS: dict[str, type] = {
     "last_name": str,
     "local_part": str,
     "domain": str,
-    "token_ok": bool,
+    "token_id": int,
 }
 
 
@@ -159,12 +165,19 @@ def start_flow(*, provider: Provider, raw_query: bytes | str) -> tuple[Flow, str
 def redeem_invitation(*, provider: Provider, flow: Flow, token: str) -> Flow:
     """The flow with its onboarding token accepted, or InvitationRefused.
 
-    Onboarding tokens (providers.OnboardingToken: validity, uses, revocation) arrive with
-    the QR onboarding work; until then no token exists that could be accepted, so every one
-    is refused and a token-only provider cannot be joined from this page yet.
+    The token (the code's secret, its DCACCOUNT text or URL) must be this provider's and
+    able to create an account now; no use is counted until the account is made (register).
     """
-    logger.info("registration %s: onboarding token refused", provider.slug)
-    raise InvitationRefused(gettext("This onboarding token is not valid."))
+    secret = token.strip().rsplit("/", 1)[-1].rsplit("t=", 1)[-1]
+    try:
+        found = onboarding.usable_token(secret=secret, provider=provider)
+    except onboarding.TokenUnknown:
+        logger.info("registration %s: onboarding token refused", provider.slug)
+        raise InvitationRefused(gettext("This onboarding token is not valid.")) from None
+    except PortalError as exc:
+        logger.info("registration %s: onboarding token refused: %s", provider.slug, exc.code)
+        raise InvitationRefused(describe_error(exc)) from None
+    return replace(flow, token_id=found.pk)
 
 
 def choose_address(
@@ -232,7 +245,11 @@ def register(*, provider: Provider, flow: Flow, password: str) -> Registered:
     document cannot carry), and create_account's: `reg_disabled`, `invalid_username`,
     `id_exists` (also when the address was taken since it was chosen, or the form is
     replayed), `mailbox_failed`, `database_unavailable`.
-    Side effects: the account and its mailbox (create_account). Call outside a transaction.
+    With an onboarding token accepted on the token step, also `token_unknown`,
+    `token_revoked`, `token_expired`, `token_used_up` (it changed since).
+    Side effects: the account and its mailbox (create_account); with a token, one use of
+    it, counted as for DCACCOUNT (providers.services.onboarding). Call outside a
+    transaction.
     """
     if not flow.local_part:
         raise FlowInvalid()
@@ -246,14 +263,25 @@ def register(*, provider: Provider, flow: Flow, password: str) -> Registered:
     except ValueError as exc:
         logger.error("registration %s: no clientConfig can be built: %s", provider.slug, exc)
         raise ProviderMisconfigured() from None
-    account = create_account(
+    create = partial(
+        create_account,
         domain=row,
         local_part=flow.local_part,
         password=password,
         created_via=CREATED_VIA,
         full_name=flow.full_name,
-        token_ok=flow.token_ok,
     )
+    if flow.token_id:
+        # The token's use is counted now, with the account (and given back if it fails).
+        token = onboarding.token_for_flow(flow.token_id)
+        with onboarding.claimed_use(token) as now:
+            account = create(
+                token_ok=True,
+                onboarding_token=token,
+                expires_at=onboarding.account_expiry(token, now),
+            )
+    else:
+        account = create()
     pending = awaits_approval(account)
     return Registered(
         address=account.address,
@@ -284,6 +312,9 @@ def describe_error(error: PortalError) -> str:
         "name_missing": gettext("Enter your first or last name: your mail program shows it."),
         "name_too_long": gettext("A name part may have at most 200 characters."),
         "invalid_name": gettext("A name cannot hold control characters."),
+        onboarding.TokenRevoked.code: gettext("This onboarding token has been withdrawn."),
+        onboarding.TokenExpired.code: gettext("This onboarding token has expired."),
+        onboarding.TokenUsedUp.code: gettext("This onboarding token has been used up."),
     }
     return messages.get(error.code, error.message)
 

@@ -459,6 +459,25 @@ def test_a_token_provider_asks_for_the_onboarding_token_first(
     assert not MailAccount.objects.exists()
 
 
+def test_a_token_provider_registers_with_a_valid_token_and_counts_one_use(
+    client: Client, make_provider: Callable[..., Provider], make_token: Any
+) -> None:
+    provider = make_provider(registration="token", **TERMS)
+    issued = make_token(domain=provider.domains.get(), max_uses=3)
+    values = form_values(client.get(ENTRY).content, "/token")
+
+    address_step = client.post(START + "token", values | {"token": issued.secret})
+    assert address_step.status_code == HTTPStatus.OK, html(address_step)
+    values = form_values(address_step.content, "/address") | {"local_part": "juliet"}
+    answer = finish(client, client.post(START + "address", values))
+
+    assert answer.status_code == HTTPStatus.OK, html(answer)
+    assert answer["Content-Type"] == "text/xml; charset=utf-8"
+    issued.token.refresh_from_db()
+    assert issued.token.use_count == 1
+    assert MailAccount.objects.get().onboarding_token_id == issued.token.pk
+
+
 def test_an_account_awaiting_approval_gets_a_page_not_credentials(
     client: Client, make_provider: Callable[..., Provider]
 ) -> None:

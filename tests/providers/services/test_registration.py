@@ -14,7 +14,7 @@ from django.utils import timezone
 from accounts.models import AccountStatus, MailAccount
 from accounts.services.accounts import AddressTaken, RegistrationDisabled, create_account
 from accounts.services.names import NameRefused
-from portal.errors import InvalidInput
+from portal.errors import InvalidInput, PortalError
 from providers.models import Provider
 from providers.services import registration
 from providers.services.registration import Flow, FlowExpired, FlowInvalid
@@ -64,7 +64,7 @@ def test_a_signed_flow_reads_back_only_for_its_provider(provider: Provider) -> N
                 "last_name": "",
                 "local_part": "x",
                 "domain": "example.org",
-                "token_ok": True,
+                "token_id": 1,
             },
             salt="another.purpose",
         ),
@@ -147,12 +147,88 @@ def test_choose_address_needs_the_token_on_a_token_provider(
     with pytest.raises(InvalidInput) as refused:
         chosen(provider)
     assert refused.value.code == "reg_disabled"
-    assert chosen(provider, token_ok=True).local_part == "juliet"
+    assert chosen(provider, token_id=1).local_part == "juliet"
 
 
-def test_onboarding_tokens_are_all_refused_until_tokens_exist(provider: Provider) -> None:
-    with pytest.raises(registration.InvitationRefused):
-        registration.redeem_invitation(provider=provider, flow=Flow(slug="example"), token="x")
+# ----- onboarding tokens on the token step ----------------------------------------------------
+
+
+@pytest.fixture
+def token_provider(make_provider: Callable[..., Provider]) -> Provider:
+    return make_provider(domains=("example.org",), registration="token")
+
+
+def test_an_unknown_or_another_providers_token_is_refused(
+    token_provider: Provider, make_provider: Callable[..., Provider], make_token: Any
+) -> None:
+    other = make_provider(domains=("other.example",), registration="token")
+    foreign = make_token(domain=other.domains.get())
+    flow = Flow(slug=token_provider.slug)
+
+    for secret in ("not-a-token", foreign.secret):
+        with pytest.raises(registration.InvitationRefused, match="not valid"):
+            registration.redeem_invitation(provider=token_provider, flow=flow, token=secret)
+
+
+def test_an_accepted_token_is_counted_once_with_the_account_it_makes(
+    token_provider: Provider, make_token: Any
+) -> None:
+    issued = make_token(max_uses=2, account_lifetime=timedelta(days=30))
+    flow = registration.redeem_invitation(
+        provider=token_provider,
+        flow=Flow(slug=token_provider.slug),
+        token=f"DCACCOUNT:https://portal.example/dcaccount/{issued.secret}",
+    )
+    assert flow.token_id == issued.token.pk
+    issued.token.refresh_from_db()
+    assert issued.token.use_count == 0  # accepting the token counts nothing yet
+
+    done = registration.register(
+        provider=token_provider, flow=chosen(token_provider, token_id=flow.token_id),
+        password=PASSWORD,
+    )  # fmt: skip
+
+    account = MailAccount.objects.get(local_part="juliet")
+    issued.token.refresh_from_db()
+    assert done.document is not None
+    assert issued.token.use_count == 1
+    assert account.onboarding_token_id == issued.token.pk
+    assert account.expires_at is not None
+
+
+def test_a_token_used_up_since_the_token_step_creates_nothing(
+    token_provider: Provider, make_token: Any
+) -> None:
+    issued = make_token(max_uses=1)
+    flow = registration.redeem_invitation(
+        provider=token_provider, flow=Flow(slug=token_provider.slug), token=issued.secret
+    )
+    registration.register(
+        provider=token_provider, flow=chosen(token_provider, "romeo", token_id=flow.token_id),
+        password=PASSWORD,
+    )  # fmt: skip
+
+    with pytest.raises(PortalError) as refused:
+        registration.register(
+            provider=token_provider, flow=chosen(token_provider, token_id=flow.token_id),
+            password=PASSWORD,
+        )  # fmt: skip
+    assert refused.value.code == "token_used_up"
+    assert not MailAccount.objects.filter(local_part="juliet").exists()
+    issued.token.refresh_from_db()
+    assert issued.token.use_count == 1
+
+
+def test_a_used_up_token_is_refused_on_the_token_step_with_its_reason(
+    token_provider: Provider, make_token: Any
+) -> None:
+    issued = make_token(max_uses=1)
+    type(issued.token).objects.filter(pk=issued.token.pk).update(use_count=1)
+
+    with pytest.raises(registration.InvitationRefused, match="used up"):
+        registration.redeem_invitation(
+            provider=token_provider, flow=Flow(slug=token_provider.slug), token=issued.secret
+        )
 
 
 def test_register_creates_the_account_and_its_credentials_document(provider: Provider) -> None:
