@@ -10,6 +10,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
 
 # ---------------------------------------------------------------------------------------------
 # Environment helpers: strict, so that a typo in production fails at start instead of
@@ -272,13 +275,41 @@ DATABASES = {
 HAS_REDIS = bool(env_str("REDIS_URL"))
 REDIS_URL = env_url("REDIS_URL", "", {"redis", "rediss"}) if HAS_REDIS else ""
 
+# A Redis that is down must cost its callers milliseconds, not seconds: rate limits then fail
+# closed at once (503) and the suggestion fan-out reports its remote providers as `error`
+# well before its deadline (RELIABILITY.md check 7). Each client below says so explicitly
+# rather than trusting defaults, which differ between the libraries and their versions
+# (redis-py 8 gives a client that builds its own pool 3 retries with backoff from 1 s).
+# A connection lost during a command is worth one immediate retry; a timeout is not
+# retried (it already cost socket_timeout). A pooled connection that Redis closed while it
+# sat idle (a restart) is replaced by redis-py before use, without a retry.
+REDIS_CONNECT_TIMEOUT = 2  # seconds; Redis answers a connect in well under a millisecond
+REDIS_CACHE_OPTIONS = {
+    "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+    "socket_timeout": 2,
+    "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+}
+# kombu's and Celery's own retry loops (retry_over_time), for publishing and for the
+# result backend's pub/sub: one immediate retry, then the caller hears of the failure.
+# Their defaults, measured here with Redis refusing connections: kombu's
+# Connection.default_channel keeps trying for broker_connection_timeout (Celery's 4 s,
+# sleeping 2 s between tries: ~6 s per publish without a retry policy; bounded below by
+# CELERY_BROKER_CONNECTION_TIMEOUT too), the result backend's pub/sub 20 times a second
+# apart (~19 s per send) before it gives up.
+REDIS_QUICK_RETRY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
+
 if HAS_REDIS:
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "portal",
-            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+            "OPTIONS": REDIS_CACHE_OPTIONS,
         }
     }
 else:
@@ -302,7 +333,15 @@ CELERY_RESULT_EXPIRES = 3600
 # runs (else a slow task runs twice; ours are idempotent, but it costs); tests shorten it.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600),
+    # Publishers connect with one quick retry (REDIS_QUICK_RETRY); a publish that wants more
+    # says so with its retry policy. Workers are not affected: their consumer reconnects
+    # under broker_connection_max_retries, which it passes itself.
+    **REDIS_QUICK_RETRY,
+    "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
 }
+# The result backend (the fan-out's answers): the same, for its pub/sub reconnects and writes.
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": REDIS_QUICK_RETRY}
+CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = REDIS_CONNECT_TIMEOUT
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # How long a publish waits for a broker that does not answer: Celery's default (4 s, then
 # kombu's retries) held a web request about 6 s when Redis was down (measured here), longer
@@ -624,6 +663,10 @@ LOGGING = {
     "root": {"handlers": ["stderr"], "level": "INFO"},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # At INFO, Celery logs every task's return value ("succeeded in 0.1s: {...}"):
+        # for the fan-out those are suggested addresses made from people's names.
+        # Failures and retries are WARNING and above, and still logged.
+        "celery.app.trace": {"level": "WARNING"},
         # imapclient logs every protocol line at DEBUG (LOGIN redacted, but mail metadata).
         "imapclient": {"level": "WARNING"},
     },

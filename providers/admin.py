@@ -435,7 +435,7 @@ class SuggestionClientAdmin(admin.ModelAdmin):
     def token_required(self, client: SuggestionClient) -> bool:
         return bool(client.token_sha256)
 
-    @admin.action(description=_("Issue new access tokens (shown once)"))
+    @admin.action(description=_("Issue new access tokens (shown once)"), permissions=["change"])
     def issue_tokens(
         self, request: HttpRequest, queryset: QuerySet[SuggestionClient]
     ) -> HttpResponse:
@@ -451,7 +451,9 @@ class SuggestionClientAdmin(admin.ModelAdmin):
         # admin_site.admin_view adds no-store (never_cache) to the response.
         return TemplateResponse(request, "providers/admin/tokens_once.html", context)
 
-    @admin.action(description=_("Remove access tokens (the network alone admits)"))
+    @admin.action(
+        description=_("Remove access tokens (the network alone admits)"), permissions=["change"]
+    )
     def remove_tokens(self, request: HttpRequest, queryset: QuerySet[SuggestionClient]) -> None:
         removed = suggestion_clients.remove_tokens(
             client_ids=list(queryset.values_list("pk", flat=True))

@@ -10,6 +10,7 @@ from typing import Any
 
 from django.utils.cache import patch_cache_control
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -86,8 +87,25 @@ class SuggestionsView(APIView):
         return response
 
 
+class IsSuggestionClient(BasePermission):
+    """Callers in a suggestion-client network (with its token, if it has one) of this
+    provider or of every hosted provider. Checked before the input is read (DRF checks
+    permissions first), so that nobody else learns anything from the answers."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        scheme, _space, token = request.headers.get("Authorization", "").partition(" ")
+        suggest.check_suggestion_client(  # raises NotAllowed (403 not_allowed)
+            slug=view.kwargs["slug"],
+            client_address=client_ip(request),
+            token=token.strip() if scheme.lower() == "bearer" else "",
+        )
+        return True
+
+
 class ProviderSuggestView(APIView):
     """GET /providers/<slug>/suggest: this portal as one hosted provider's suggestion engine."""
+
+    permission_classes = [IsSuggestionClient]
 
     @extend_schema(
         operation_id="provider_suggest",
@@ -110,12 +128,8 @@ class ProviderSuggestView(APIView):
     def get(self, request: Request, slug: str) -> Response:
         serializer = NameQueryIn(data=request.query_params)
         serializer.is_valid(raise_exception=True)
-        scheme, _space, token = request.headers.get("Authorization", "").partition(" ")
         answer = suggest.answer_suggestion_client(
-            slug=slug,
-            client_address=client_ip(request),
-            token=token.strip() if scheme.lower() == "bearer" else "",
-            query=_name_query(serializer.validated_data),
+            slug=slug, query=_name_query(serializer.validated_data)
         )
         response = Response(answer.entry())
         patch_cache_control(response, private=True, no_store=True)

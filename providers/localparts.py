@@ -70,12 +70,15 @@ def candidates(
 
     first.last, firstlast, f.last, first.l, first_last, last.first; then a version of
     first.last shortened to `max_length`; then the first three with 1, 2, 3 ... appended.
-    Nothing longer than `max_length`.
+    Nothing longer than `max_length`: for a name too long to take a number, the numbered
+    version is first.last shortened further, by the width of MAX_NUMBER.
     With only one name part: that part, then with numbers. Several words in a part are run
     together ("Mary Ann" → maryann). Nothing for a name without letters or digits.
     """
     first = "".join(_words(first_name, country))
     last = "".join(_words(last_name, country))
+    room = max_length - len(str(MAX_NUMBER))  # for a base that takes every number
+    to_number: list[str] = []  # shortened bases for numbers, ahead of the others
     if first and last:
         bases = [
             f"{first}.{last}",
@@ -86,15 +89,16 @@ def candidates(
             f"{last}.{first}",
         ]
         if len(bases[0]) > max_length:
-            # Long names: keep the start of each part, the first name shortened first.
-            keep_last = min(len(last), max(1, (max_length - 1) // 2))
-            keep_first = max(1, max_length - 1 - keep_last)
-            bases.append(f"{first[:keep_first]}.{last[:keep_last]}")
+            bases.append(_shortened(first, last, max_length))
+            if room >= 3:
+                to_number.append(_shortened(first, last, room))
     elif first or last:
         single = first or last
         bases = [single]
         if len(single) > max_length:
             bases.append(single[:max_length])
+            if room >= 1:
+                to_number.append(single[:room])
     else:
         return
     seen: set[str] = set()
@@ -102,10 +106,21 @@ def candidates(
         if base not in seen and len(base) <= max_length:
             seen.add(base)
             yield base
-    numbered = [base for base in dict.fromkeys(bases) if len(base) < max_length]
+    fitting = [base for base in bases if len(base) < max_length]
+    numbered = list(dict.fromkeys(to_number + fitting))
     for number in range(1, MAX_NUMBER + 1):
         for base in numbered[:3]:
             candidate = f"{base}{number}"
             if len(candidate) <= max_length and candidate not in seen:
                 seen.add(candidate)
                 yield candidate
+
+
+def _shortened(first: str, last: str, length: int) -> str:
+    """first.last in at most `length` characters, keeping the start of each part: half each
+    when both are long, the rest to the other when one is short."""
+    total = length - 1  # the dot
+    keep_last = min(len(last), max(1, total // 2))
+    keep_first = min(len(first), max(1, total - keep_last))
+    keep_last = min(len(last), max(1, total - keep_first))
+    return f"{first[:keep_first]}.{last[:keep_last]}"

@@ -9,12 +9,17 @@ redirects to another origin (scheme, host and port). Certificates are verified.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError
 
 # Same-origin redirects followed at most this many times (a trailing slash, a new path).
@@ -40,6 +45,77 @@ class ClientConfig:
     connections_per_host: int = 10
 
 
+class _Watchdog:
+    """Cuts the connection of one fetch at its deadline, whatever the exchange is doing.
+
+    Socket timeouts bound each wait for bytes, not their sum: a provider that sends its
+    headers just before the limit and then stalls, or drips a byte at a time, would hold
+    the worker far past it. At the deadline the watchdog shuts the socket down, which wakes
+    a blocked read at once (urllib3 documents HTTPResponse.shutdown for the same purpose,
+    but only once the headers are in).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connection: HTTPConnection | None = None
+        self.expired = False
+
+    def attach(self, connection: HTTPConnection) -> None:
+        """The fetch now uses `connection` (cut at once if the deadline has passed)."""
+        with self._lock:
+            self._connection = connection
+            if self.expired:
+                _shut(connection)
+
+    def expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            if self._connection is not None:
+                _shut(self._connection)
+
+
+def _shut(connection: HTTPConnection) -> None:
+    sock = connection.sock
+    if sock is None:
+        return  # not connected yet: attach() cuts it once it is
+    # socket.socket's own shutdown, also for a TLS socket: SSLSocket.shutdown would drop its
+    # SSL object under the thread that is reading with it. OSError: already closed.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+_current = threading.local()  # the watchdog of this thread's fetch, if one is running
+
+
+class _WatchedConnectionMixin:
+    """Tells the running fetch's watchdog which connection (and socket) it is using."""
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        watchdog: _Watchdog | None = getattr(_current, "watchdog", None)
+        connection: Any = self
+        if watchdog is not None:
+            watchdog.attach(connection)
+        super().request(*args, **kwargs)  # type: ignore[misc]
+        if watchdog is not None:
+            watchdog.attach(connection)  # a plain-http socket is opened inside request()
+
+
+class _WatchedHTTPConnection(_WatchedConnectionMixin, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_WatchedConnectionMixin, HTTPSConnection):
+    pass
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
 _lock = threading.Lock()
 _pools: dict[ClientConfig, urllib3.PoolManager] = {}
 
@@ -60,6 +136,7 @@ def pool_for(config: ClientConfig) -> urllib3.PoolManager:
                 retries=False,
                 **kwargs,
             )
+            manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
             _pools[config] = manager
         return manager
 
@@ -74,11 +151,35 @@ def fetch_json(
 ) -> bytes:
     """The body of a 200 JSON answer to GET `url` with `params`, or FetchFailed.
 
-    `timeout` bounds the whole exchange: connecting, each read, and the reading of the body
-    (checked between reads, so one slow read can overrun it by at most one read timeout).
+    `timeout` bounds the whole exchange, redirects included: connecting, sending, the
+    headers and the body. At the deadline a watchdog cuts the connection, however the
+    provider dribbles its answer; the call returns within milliseconds of it.
     """
+    watchdog = _Watchdog()
+    timer = threading.Timer(timeout, watchdog.expire)
+    timer.daemon = True
+    _current.watchdog = watchdog
+    timer.start()
+    try:
+        return _fetch(url, params, time.monotonic() + timeout, max_bytes, config, watchdog)
+    except FetchFailed:
+        if watchdog.expired:  # whatever the cut looked like to the reader: an EOF, a reset
+            raise FetchFailed("time limit reached", timed_out=True) from None
+        raise
+    finally:
+        timer.cancel()
+        _current.watchdog = None
+
+
+def _fetch(
+    url: str,
+    params: dict[str, str],
+    deadline: float,
+    max_bytes: int,
+    config: ClientConfig,
+    watchdog: _Watchdog,
+) -> bytes:
     manager = pool_for(config)
-    deadline = time.monotonic() + timeout
     origin = _origin(url)
     fields: dict[str, str] | None = params
     for _hop in range(MAX_REDIRECTS + 1):
@@ -118,7 +219,10 @@ def fetch_json(
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > max_bytes:
                 raise FetchFailed(f"answer larger than {max_bytes} bytes")
-            return _read_capped(response, max_bytes, deadline)
+            body = _read_capped(response, max_bytes, deadline)
+            if watchdog.expired:  # the cut ends the body like a clean EOF would
+                raise FetchFailed("answer not complete in time", timed_out=True)
+            return body
         finally:
             if not response.closed:
                 response.close()  # unread or cut short: this connection is not reusable

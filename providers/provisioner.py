@@ -198,7 +198,10 @@ class Answer:
 def hosted_answer(
     provider: str, addresses: Sequence[str], price: Decimal | float, latency_ms: int = 0
 ) -> Answer:
-    """The answer of a provider this portal hosts."""
+    """The answer of a provider this portal hosts; with no addresses, `declined` (what a
+    remote provider says with `succeeded: false`), not a success with an empty list."""
+    if not addresses:
+        return failed(provider, DECLINED, "nothing to suggest for this name", latency_ms)
     return Answer(
         provider=provider,
         status=OK,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from django.conf import settings as django_settings
@@ -13,6 +15,7 @@ from django.db import connection
 from accounts import dovecot as private_dovecot
 from providers.models import Provider, ProviderDomain, ServerSetting
 from providers.services import documents
+from tests.fakes.tcp_proxy import FaultProxy
 
 # Under REQUIRE_SERVICES=1 (CI) a test that needs a missing service fails instead of
 # skipping, so a broken install can never pass as "all green, some skipped".
@@ -61,14 +64,46 @@ def redis_client() -> Any:
 
 @pytest.fixture
 def cache_down(settings: Any) -> None:
-    """Point the cache at a closed port: rate limits must fail closed (RELIABILITY.md 7)."""
+    """Point the cache at a closed port: rate limits must fail closed (RELIABILITY.md 7).
+
+    With the options of the real configuration (REDIS_CACHE_OPTIONS), so that how long the
+    refusal takes is the deployment's.
+    """
     settings.CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": f"redis://127.0.0.1:{_free_port()}/0",
-            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+            "OPTIONS": django_settings.REDIS_CACHE_OPTIONS,
         }
     }
+
+
+@dataclass
+class ProxiedRedis:
+    """The configured Redis reached through a FaultProxy: `url` is REDIS_URL (credentials,
+    database) through it; down() makes it refuse connections, up() brings it back."""
+
+    url: str
+    proxy: FaultProxy
+
+    def down(self) -> None:
+        self.proxy.refuse()
+
+    def up(self) -> None:
+        self.proxy.resume()
+
+
+@pytest.fixture
+def redis_proxy(redis_client: Any) -> Iterator[ProxiedRedis]:
+    """Redis going down and coming back as this process sees it, without stopping the
+    Redis server that other test runs share."""
+    parts = urlsplit(django_settings.REDIS_URL)
+    proxy = FaultProxy(parts.port or 6379, parts.hostname or "127.0.0.1")
+    userinfo = parts.netloc.rpartition("@")[0]
+    credentials = f"{userinfo}@" if userinfo else ""
+    url = parts._replace(netloc=f"{credentials}127.0.0.1:{proxy.port}").geturl()
+    yield ProxiedRedis(url=url, proxy=proxy)
+    proxy.close()
 
 
 @pytest.fixture

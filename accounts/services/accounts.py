@@ -160,14 +160,21 @@ def check_address_available(domain: ProviderDomain, local_part: str) -> str:
     return normalised
 
 
-def available_local_parts(domain: ProviderDomain, candidates: Sequence[str]) -> list[str]:
+def available_local_parts(
+    domain: ProviderDomain,
+    candidates: Sequence[str],
+    *,
+    reserved: frozenset[str] | None = None,
+) -> list[str]:
     """Those of `candidates` that check_address_available would accept now, in order.
 
     Normalised and without repeats; refused names (rules, reserved) and taken ones are left
     out. Two queries whatever the number of candidates (the suggestion engine asks for
-    dozens at once).
+    dozens at once); one if the caller passes `reserved` (reserved_names(), read once for
+    several calls).
     """
-    reserved = reserved_names()
+    if reserved is None:
+        reserved = reserved_names()
     valid: list[str] = []
     for candidate in candidates:
         normalised = normalise_local_part(candidate)

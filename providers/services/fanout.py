@@ -11,11 +11,13 @@ See docs/suggestions.md.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -124,14 +126,16 @@ def collect_suggestions(
     cached = _cached_answers(targets, query)
     asked = [target for target in targets if target.id not in cached]
     remote = [target for target in asked if not target.hosted]
+    asking = time.perf_counter()
     pending = _start_remote(remote, query)
     fresh: dict[str, Answer] = {}
     for target in asked:
         if target.hosted:
             fresh[target.id] = _answer_hosted(target, query)
     fresh.update(pending.wait())
+    waited_ms = _ms_since(asking)
     order = [target.id for target in targets] if provider_ids is None else list(provider_ids)
-    answers = collate(order, {**cached, **fresh}, unknown=unknown)
+    answers = collate(order, {**cached, **fresh}, unknown=unknown, waited_ms=waited_ms)
     _store_in_cache(targets, query, fresh)
     by_id = {answer.provider: answer for answer in answers}
     suggestion_stats.record([(target.provider_pk, by_id[target.id]) for target in asked])
@@ -146,11 +150,17 @@ def collect_suggestions(
 
 
 def collate(
-    order: Sequence[str], answers: Mapping[str, Answer], *, unknown: Iterable[str] = ()
+    order: Sequence[str],
+    answers: Mapping[str, Answer],
+    *,
+    unknown: Iterable[str] = (),
+    waited_ms: int = 0,
 ) -> list[Answer]:
     """Pure: one answer per provider id in `order`; a missing one is a timeout.
 
-    Ids in `unknown` get status `unknown`. Repeated ids are answered once.
+    Ids in `unknown` get status `unknown`. Repeated ids are answered once. A missing
+    provider's latency is `waited_ms`, how long it was waited for (the statistics would
+    otherwise count the slowest providers as the fastest).
     """
     unknown_ids = set(unknown)
     collated = []
@@ -161,7 +171,9 @@ def collate(
             collated.append(answers[provider_id])
         else:
             collated.append(
-                provisioner.failed(provider_id, provisioner.TIMEOUT, "no answer by the deadline")
+                provisioner.failed(
+                    provider_id, provisioner.TIMEOUT, "no answer by the deadline", waited_ms
+                )
             )
     return collated
 
@@ -255,42 +267,77 @@ class _ThreadsPending(_Pending):
         self.futures = futures
 
     def wait(self) -> dict[str, Answer]:
-        done, _late = wait_futures(self.futures, timeout=max(0.0, self.deadline - time.monotonic()))
-        # The late ones finish in their thread, bounded by their own time limit.
-        return {self.futures[future].provider: future.result() for future in done}
+        done, late = wait_futures(self.futures, timeout=max(0.0, self.deadline - time.monotonic()))
+        for future in late:
+            # Still queued behind other fan-outs' calls: never started, never will be. One
+            # already running ends at its own time limit (outbound cuts the connection).
+            future.cancel()
+        answers = {}
+        for future in done:
+            request = self.futures[future]
+            try:
+                answers[request.provider] = future.result()
+            except Exception as exc:  # a bug of ours, not the provider's doing
+                answers[request.provider] = _unexpected(request.provider, exc)
+        return answers
 
 
 class _CeleryPending(_Pending):
+    """The group's results, collected until the deadline on our own clock.
+
+    Celery's join_native waits in whole seconds on the Redis backend whatever its
+    `interval` (a 0.3 s timeout took 1.02 s, 2.2 s took 3.03 s), past our deadline. So the
+    wait is ours: the result backend's pub/sub is drained for at most what is left (it
+    returns as soon as a message arrives, and the messages mark our results ready), and the
+    results still missing are read with one MGET every POLL_SECONDS (every FALLBACK_SECONDS
+    where pub/sub delivers them) and once more at the deadline, in case a message was lost
+    while the pub/sub connection was being re-established.
+    """
+
     def __init__(self, deadline: float, result: Any, requests: Sequence[RemoteRequest]) -> None:
         super().__init__(deadline)
         self.result = result
         self.requests = requests
 
     def wait(self) -> dict[str, Answer]:
+        backend = self.result.backend
+        children = {child.id: child for child in self.result.results}
+        providers = {
+            child.id: request.provider
+            for child, request in zip(self.result.results, self.requests, strict=True)
+        }
+        missing = set(children)
         answers: dict[str, Answer] = {}
 
-        def collect(_task_id: str, value: Any) -> None:
-            if isinstance(value, dict):  # a revoked (expired) task gives an exception
-                answer = Answer.from_json(value)
-                answers[answer.provider] = answer
+        def collect(task_id: str, meta: Mapping[str, Any]) -> None:
+            missing.discard(task_id)
+            answers[providers[task_id]] = _answer_from_meta(providers[task_id], meta)
 
         try:
-            self.result.join_native(
-                timeout=max(0.001, self.deadline - time.monotonic()),
-                propagate=False,
-                callback=collect,
-                interval=0.02,  # how far past the deadline the wait can run
-            )
-        except CeleryTimeout:
-            pass  # the missing ones are collated as timeouts
-        except Exception as exc:  # the result backend's own errors (redis-py, kombu)
+            pubsub = hasattr(backend, "add_pending_results")  # Redis: results are published
+            if pubsub:
+                backend.add_pending_results(list(children.values()), weak=True)
+            every = FALLBACK_SECONDS if pubsub else POLL_SECONDS
+            next_read = time.monotonic() + every
+            while missing:
+                for task_id in [t for t in missing if children[t].on_ready.ready]:
+                    child = children[task_id]  # its state is cached now: no round trip
+                    collect(task_id, {"status": child.state, "result": child.result})
+                now = time.monotonic()
+                if missing and (now >= next_read or now >= self.deadline):
+                    for task_id, meta in _ready_results(backend, list(missing)):
+                        collect(task_id, meta)
+                    next_read = now + every
+                if not missing or now >= self.deadline:
+                    break
+                _idle(backend, min(self.deadline, next_read) - now)
+        except Exception as exc:  # the result backend's own errors (redis-py, Celery)
             logger.warning("suggestions: result backend failed: %s", type(exc).__name__)
-            return answers | {
-                request.provider: provisioner.failed(
-                    request.provider, provisioner.ERROR, "result backend unavailable"
+            answers |= {
+                providers[task_id]: provisioner.failed(
+                    providers[task_id], provisioner.ERROR, "result backend unavailable"
                 )
-                for request in self.requests
-                if request.provider not in answers
+                for task_id in missing
             }
         finally:
             self._forget()
@@ -299,10 +346,61 @@ class _CeleryPending(_Pending):
     def _forget(self) -> None:
         # Names and addresses are personal data: drop them from the result backend now
         # rather than after CELERY_RESULT_EXPIRES (late answers still land, and expire).
+        # Forgetting also ends this process's subscription to the results.
         try:
             self.result.forget()
         except Exception as exc:  # best effort
             logger.info("suggestions: could not forget results: %s", type(exc).__name__)
+
+
+# Reading the missing results from the result backend: this often where nothing tells us
+# that one has landed, this often where its pub/sub does (a safety net there).
+POLL_SECONDS = 0.02
+FALLBACK_SECONDS = 0.25
+
+
+def _ready_results(backend: Any, task_ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(task id, meta) of those of `task_ids` that have finished: one MGET, no waiting."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    # get_many with timeout=0 reads once, then gives up on the rest with a TimeoutError.
+    with contextlib.suppress(CeleryTimeout):
+        found.extend(backend.get_many(task_ids, timeout=0))
+    return found
+
+
+def _idle(backend: Any, seconds: float) -> None:
+    """Wait up to `seconds`, less if a message arrives on the result backend's pub/sub."""
+    if seconds <= 0:
+        return
+    consumer = getattr(backend, "result_consumer", None)
+    if consumer is None:
+        time.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):  # socket.timeout: nothing arrived, fine
+        consumer.drain_events(timeout=seconds)
+
+
+def _answer_from_meta(provider: str, meta: Mapping[str, Any]) -> Answer:
+    """A finished query_provider task's answer; a failed or expired task is a failure."""
+    status, value = meta.get("status"), meta.get("result")
+    if status == "SUCCESS" and isinstance(value, dict):
+        return Answer.from_json(value)
+    if status == "REVOKED":  # expired in the queue: no worker took it in time
+        return provisioner.failed(provider, provisioner.TIMEOUT, "not taken by a worker in time")
+    detail = type(value).__name__ if isinstance(value, BaseException) else str(status)
+    logger.error("suggestions from %s: the task failed unexpectedly: %s", provider, detail)
+    return provisioner.failed(provider, provisioner.ERROR, f"task failed: {detail}")
+
+
+def _unexpected(provider: str, exc: BaseException) -> Answer:
+    # Logged with the type and where it was raised, not the message: that may quote the
+    # names asked for, which are personal data.
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    logger.error(
+        "suggestions from %s failed unexpectedly: %s%s", provider, type(exc).__name__, where
+    )
+    return provisioner.failed(provider, provisioner.ERROR, f"unexpected {type(exc).__name__}")
 
 
 _executor_lock = threading.Lock()
@@ -338,8 +436,11 @@ def _start_remote(remote: Sequence[Target], query: NameQuery) -> _Pending:
         for request in requests
     ]
     try:
-        result = group(signatures).apply_async(retry=False)
-    except Exception as exc:  # the broker's own errors (kombu, redis-py)
+        # One immediate retry: enough for a pooled connection Redis closed when it
+        # restarted; a broker that is down answers within milliseconds (the transport
+        # options in settings make connecting give up at once, not after ~6 s).
+        result = group(signatures).apply_async(retry=True, retry_policy=settings.REDIS_QUICK_RETRY)
+    except Exception as exc:  # the broker's or result backend's own errors (kombu, redis-py)
         logger.warning("suggestions: broker unavailable: %s", type(exc).__name__)
         failed = {
             r.provider: provisioner.failed(r.provider, provisioner.ERROR, "broker unavailable")
@@ -353,7 +454,10 @@ def _task_options(request: RemoteRequest) -> dict[str, Any]:
     return {
         # Not worth running once the answer has gone out without it.
         "expires": request.timeout + settings.SUGGESTION_GRACE,
-        # The HTTP client keeps to request.timeout; these only catch a stuck worker.
+        # What bounds a task is the HTTP client: outbound.fetch_json cuts the connection
+        # at request.timeout. Celery enforces these limits only in the prefork pool, not
+        # in the threads pool the `suggest` workers run (deploy/Procfile): there they are
+        # a no-op, here for a deployment that runs the queue on prefork workers.
         "soft_time_limit": request.timeout + 1,
         "time_limit": request.timeout + 2,
     }

@@ -6,9 +6,12 @@ import ipaddress
 import itertools
 import logging
 import time
+import unicodedata
 from dataclasses import dataclass
 
-from accounts.services.accounts import available_local_parts
+from django.db.models import Q
+
+from accounts.services.accounts import available_local_parts, reserved_names
 from portal.errors import Forbidden, InvalidInput, NotFound
 from providers import localparts, provisioner
 from providers.models import Provider, ProviderDomain, SuggestionClient
@@ -20,6 +23,16 @@ logger = logging.getLogger(__name__)
 BATCH = 60
 MAX_BATCHES = 4
 MAX_NAME_LENGTH = 200
+# Control characters (Cc: NUL, escape, line breaks) and lone surrogates (Cs, not text).
+_REFUSED_CATEGORIES = {"Cc", "Cs"}
+
+
+def _refused(char: str) -> bool:
+    """Not part of any name: Cc, Cs, and the noncharacters (U+FFFE, U+FFFF and the like),
+    which XML cannot carry either (names end up in clientConfig documents)."""
+    point = ord(char)
+    noncharacter = 0xFDD0 <= point <= 0xFDEF or point & 0xFFFE == 0xFFFE
+    return noncharacter or unicodedata.category(char) in _REFUSED_CATEGORIES
 
 
 class NotAllowed(Forbidden):
@@ -37,12 +50,17 @@ class NameQuery:
 
 
 def check_name_query(*, first_name: str, last_name: str, country: str = "") -> NameQuery:
-    """The query with its parts trimmed, or InvalidInput naming what is wrong.
+    """The query with its parts trimmed and in Unicode NFC, or InvalidInput naming what is
+    wrong.
 
     Codes: `name_missing` (both parts empty), `name_too_long` (a part longer than 200
-    characters), `invalid_name` (control characters), `invalid_country`.
+    characters), `invalid_name` (control characters, lone surrogates, noncharacters),
+    `invalid_country`.
+    Format characters such as the zero-width non-joiner of Persian names, and any kind of
+    space, are part of how names are written and pass.
     """
-    first, last = first_name.strip(), last_name.strip()
+    first = unicodedata.normalize("NFC", first_name.strip())
+    last = unicodedata.normalize("NFC", last_name.strip())
     if not first and not last:
         raise InvalidInput("Give a first or a last name.", code="name_missing")
     for part in (first, last):
@@ -51,7 +69,7 @@ def check_name_query(*, first_name: str, last_name: str, country: str = "") -> N
                 f"A name part may have at most {MAX_NAME_LENGTH} characters.",
                 code="name_too_long",
             )
-        if not part.isprintable():
+        if any(_refused(char) for char in part):
             raise InvalidInput("A name cannot hold control characters.", code="invalid_name")
     country = country.strip().upper()
     if country and not (len(country) == 2 and country.isascii() and country.isalpha()):
@@ -79,34 +97,66 @@ def suggest_addresses(*, provider: Provider, query: NameQuery) -> list[str]:
         country=query.country,
         max_length=provider.username_max_length,
     )
+    reserved: frozenset[str] | None = None  # read with the first batch, once
     for _batch in range(MAX_BATCHES):
         batch = list(itertools.islice(stream, BATCH))
         if not batch:
             break
-        found += [name for name in available_local_parts(domain, batch) if name not in found]
+        if reserved is None:
+            reserved = reserved_names()
+        available = available_local_parts(domain, batch, reserved=reserved)
+        found += [name for name in available if name not in found]
         if len(found) >= wanted:
             break
     return [f"{local_part}@{domain.name}" for local_part in found[:wanted]]
 
 
 def hosted_answer(*, provider: Provider, query: NameQuery) -> provisioner.Answer:
-    """suggest_addresses as one entry of the provisioner format (for the fan-out too)."""
+    """suggest_addresses as one entry of the provisioner format (for the fan-out too).
+
+    `declined`, as a remote provider's `succeeded: false`, when the provider is not offered
+    to clients (the provider list's rule, Provider.missing_list_fields: disabled, no terms
+    or privacy URL, registration closed or by invitation only) or when the name yields
+    nothing usable. Reads only.
+    """
     started = time.perf_counter()
-    addresses = suggest_addresses(provider=provider, query=query)
-    latency_ms = round((time.perf_counter() - started) * 1000)
     domain = _main_domain(provider)
     provider_id = domain.name if domain else ""
+    missing = provider.missing_list_fields()
+    if missing or domain is None:
+        why = ", ".join(missing) or "no domain"
+        return provisioner.failed(provider_id, provisioner.DECLINED, f"not offered: {why}")
+    addresses = suggest_addresses(provider=provider, query=query)
+    latency_ms = round((time.perf_counter() - started) * 1000)
     return provisioner.hosted_answer(provider_id, addresses, provider.price, latency_ms)
 
 
-def answer_suggestion_client(
-    *, slug: str, client_address: str, token: str, query: NameQuery
-) -> provisioner.Answer:
+def check_suggestion_client(*, slug: str, client_address: str, token: str) -> None:
+    """NotAllowed unless a suggestion-client row for every hosted provider, or for the
+    provider by `slug`, admits `client_address` (the peer, see portal.proxies.client_ip)
+    with `token`.
+
+    The first thing /providers/<slug>/suggest checks, before the input and before looking
+    the slug up: whoever may not ask learns nothing, not even whether the slug exists or
+    what is wrong with a name. One query; it does not tell an unknown slug from a known one.
+    """
+    try:
+        address = ipaddress.ip_address(client_address)
+    except ValueError:
+        raise NotAllowed() from None
+    rows = SuggestionClient.objects.filter(Q(provider__isnull=True) | Q(provider__slug=slug)).only(
+        "network", "token_sha256"
+    )
+    if not any(row.admits(address, token) for row in rows):
+        logger.info("suggest %s: refused %s", slug, client_address)
+        raise NotAllowed()
+
+
+def answer_suggestion_client(*, slug: str, query: NameQuery) -> provisioner.Answer:
     """The suggestion entry for an aggregator calling /providers/<slug>/suggest.
 
-    Errors: `not_found` (no enabled hosted provider by that slug), `not_allowed` (the
-    caller's address is in no suggestion-client network of this provider or of every
-    hosted provider, or its network asks for a token and the right one was not sent).
+    For a caller check_suggestion_client has admitted. Errors: `not_found` (no enabled
+    hosted provider by that slug).
     """
     provider = (
         Provider.objects.enabled()
@@ -116,23 +166,7 @@ def answer_suggestion_client(
     )
     if provider is None:
         raise NotFound("No hosted provider by that name.")
-    check_suggestion_client(provider=provider, client_address=client_address, token=token)
     return hosted_answer(provider=provider, query=query)
-
-
-def check_suggestion_client(*, provider: Provider, client_address: str, token: str) -> None:
-    """NotAllowed unless a suggestion-client row of this provider (or a global one) admits
-    `client_address` (the peer, see portal.proxies.client_ip) with `token`."""
-    try:
-        address = ipaddress.ip_address(client_address)
-    except ValueError:
-        raise NotAllowed() from None
-    rows = SuggestionClient.objects.filter(provider__isnull=True) | SuggestionClient.objects.filter(
-        provider=provider
-    )
-    if not any(row.admits(address, token) for row in rows):
-        logger.info("suggest %s: refused %s", provider.slug, client_address)
-        raise NotAllowed()
 
 
 def _main_domain(provider: Provider) -> ProviderDomain | None:

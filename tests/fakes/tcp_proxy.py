@@ -1,5 +1,6 @@
 """A TCP fault proxy (threads): forwards to a real server until the test cuts every
-connection (RST) or freezes them (bytes are swallowed, nothing is closed)."""
+connection (RST), freezes them (bytes are swallowed, nothing is closed) or takes the
+server away altogether (connections refused) and brings it back."""
 
 from __future__ import annotations
 
@@ -68,6 +69,23 @@ class FaultProxy:
                     sock.shutdown(socket.SHUT_RD)
                 with contextlib.suppress(OSError):
                     sock.close()
+
+    def refuse(self) -> None:
+        """Cut every connection and stop listening: the server is down, connecting to it
+        is refused (as to a stopped Redis), until resume()."""
+        self.cut()
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+        self.listener.close()
+
+    def resume(self) -> None:
+        """Listen again on the same port: the server is back."""
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen()
+        self.listener = listener
+        threading.Thread(target=self._accept, daemon=True).start()
 
     def close(self) -> None:
         self._closed = True

@@ -3,9 +3,12 @@ remote providers (real local HTTP servers) and a real Celery worker for the fan-
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -74,7 +77,12 @@ class FakeProvider:
     body: bytes | None = None
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
-    mode: str = "answer"  # "answer", "reset" (RST without an answer), "drip" (slow body)
+    # "answer"; "reset" (RST without an answer); "drip" (the body a byte every 50 ms);
+    # "stall" (headers, then `stall` seconds of nothing before the body); "drip-headers"
+    # (the status line and headers a byte every 50 ms, for ever).
+    mode: str = "answer"
+    stall: float = 0.0
+    tls: bool = False  # https with a certificate for 127.0.0.1 (fixture tls_fake_provider)
     host: str = "127.0.0.1"
     # Per path: (status, headers, body) instead of the settings above.
     routes: dict[str, tuple[int, dict[str, str], bytes]] = field(default_factory=dict)
@@ -84,7 +92,8 @@ class FakeProvider:
     @property
     def url(self) -> str:
         assert self.server is not None
-        return f"http://{self.host}:{self.server.server_address[1]}/suggest"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.server.server_address[1]}/suggest"
 
     def default_body(self, query: dict[str, list[str]]) -> bytes:
         first = query.get("first_name", [""])[0].lower() or "x"
@@ -125,6 +134,14 @@ def _handler_for(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                 self.connection.close()
                 self.close_connection = True
                 return
+            if fake.mode == "drip-headers":
+                with contextlib.suppress(OSError):  # the client hangs up, eventually
+                    for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 60_000:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(0.05)
+                self.close_connection = True
+                return
             body = fake.body if fake.body is not None else fake.default_body(query)
             self.send_response(fake.status)
             self.send_header("Content-Type", fake.content_type)
@@ -132,6 +149,9 @@ def _handler_for(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
             for name, value in fake.headers.items():
                 self.send_header(name, value)
             self.end_headers()
+            if fake.mode == "stall":
+                self.wfile.flush()
+                time.sleep(fake.stall)
             if fake.mode == "drip":
                 for byte in body:
                     self.wfile.write(bytes([byte]))
@@ -158,9 +178,11 @@ def fake_provider() -> Iterator[Callable[..., FakeProvider]]:
     """Start fake remote providers: `fake_provider(delay=0.1)`, `fake_provider(status=500)`."""
     started: list[FakeProvider] = []
 
-    def start(**options: Any) -> FakeProvider:
-        fake = FakeProvider(**options)
+    def start(*, tls_context: ssl.SSLContext | None = None, **options: Any) -> FakeProvider:
+        fake = FakeProvider(tls=tls_context is not None, **options)
         server = _QuietServer((fake.host, 0), _handler_for(fake))
+        if tls_context is not None:
+            server.socket = tls_context.wrap_socket(server.socket, server_side=True)
         fake.server = server
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         started.append(fake)
@@ -171,6 +193,42 @@ def fake_provider() -> Iterator[Callable[..., FakeProvider]]:
         assert fake.server is not None
         fake.server.shutdown()
         fake.server.server_close()
+
+
+@pytest.fixture(scope="session")
+def provider_certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate (and key) for 127.0.0.1, made with openssl."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture
+def tls_fake_provider(
+    fake_provider: Callable[..., FakeProvider],
+    provider_certificate: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[..., FakeProvider]:
+    """Fake providers over https, whose certificate the client trusts (SSL_CERT_FILE)."""
+    cert, key = provider_certificate
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    # OpenSSL reads SSL_CERT_FILE whenever a client loads the default trust store.
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+
+    def start(**options: Any) -> FakeProvider:
+        return fake_provider(tls_context=context, **options)
+
+    return start
 
 
 @pytest.fixture
@@ -207,10 +265,29 @@ def make_remote_provider(
     return make
 
 
+@dataclass
+class SuggestWorker:
+    """The fixture's worker: its node name, its process and the file its output goes to."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Stop the process (SIGSTOP) for the block: a worker that consumes nothing."""
+        self.process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.process.send_signal(signal.SIGCONT)
+
+
 @pytest.fixture(scope="session")
-def celery_worker() -> Iterator[str]:
+def celery_worker() -> Iterator[SuggestWorker]:
     """A real Celery worker process on the `suggest` queue, through the configured Redis.
 
+    Started as deploy/Procfile starts the `suggest` worker (threads pool, log level INFO).
     Its broker and results are REDIS_URL's database (the test run's own), so no other
     checkout's worker consumes its tasks. Fails under REQUIRE_SERVICES without Redis.
     """
@@ -221,13 +298,13 @@ def celery_worker() -> Iterator[str]:
     command = [
         sys.executable, "-m", "celery", "-A", "portal", "worker",
         "-Q", "suggest", "-P", "threads", "-c", "16", "-n", name,
-        "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "WARNING",
+        "--without-mingle", "--without-gossip", "--without-heartbeat", "--loglevel", "INFO",
     ]  # fmt: skip
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         _wait_for_worker(process, log_path)
-        yield name
+        yield SuggestWorker(name=name, process=process, log=log_path)
     finally:
         process.terminate()
         try:

@@ -302,6 +302,38 @@ def test_admin_issues_suggestion_client_tokens_once_and_keeps_only_their_hash(
     assert SuggestionClient.objects.get(pk=second.pk).token_sha256 != ""
 
 
+@pytest.mark.parametrize("action", ["issue_tokens", "remove_tokens"])
+def test_admin_token_actions_are_for_those_who_may_change_suggestion_clients(
+    client: Any, django_user_model: Any, make_provider: Any, action: str
+) -> None:
+    from django.contrib.auth.models import Permission
+
+    from providers.models import SuggestionClient
+    from providers.services import suggestion_clients
+
+    make_provider()
+    row = SuggestionClient.objects.create(network="192.0.2.0/24")
+    suggestion_clients.issue_tokens(client_ids=[row.pk])
+    before = SuggestionClient.objects.get(pk=row.pk).token_sha256
+    url = "/admin/providers/suggestionclient/"
+    viewer = django_user_model.objects.create_user("viewer", password="x", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_suggestionclient"))
+    stranger = django_user_model.objects.create_user("stranger", password="x")
+    post = {"action": action, "_selected_action": [row.pk]}
+
+    client.force_login(viewer)
+    listing = client.get(url)
+    as_viewer = client.post(url, post, follow=True)
+    client.force_login(stranger)
+    as_stranger = client.post(url, post)
+
+    assert listing.status_code == HTTPStatus.OK  # the viewer sees the list...
+    assert f'value="{action}"' not in listing.content.decode()  # ...without the action
+    assert "<code>" not in as_viewer.content.decode()  # no token shown
+    assert as_stranger.status_code == HTTPStatus.FOUND  # to the login page
+    assert SuggestionClient.objects.get(pk=row.pk).token_sha256 == before  # nothing changed
+
+
 # ----- the registration pages' look ----------------------------------------------------------
 
 PNG = bytes.fromhex(

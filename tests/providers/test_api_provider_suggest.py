@@ -26,8 +26,19 @@ QUERY = {"first_name": "Juliet", "last_name": "Capulet", "country": "DE"}
 
 
 @pytest.fixture
-def provider(make_provider: Callable[..., Provider]) -> Provider:
-    return make_provider()
+def make_offered(make_provider: Callable[..., Provider]) -> Callable[..., Provider]:
+    """A hosted provider as the provider list offers it (else its engine declines)."""
+
+    def make(domains: tuple[str, ...] = ("example.org",), **fields: Any) -> Provider:
+        urls = {"tos_url": f"https://{domains[0]}/tos", "privacy_url": f"https://{domains[0]}/p"}
+        return make_provider(domains=domains, **{**urls, **fields})
+
+    return make
+
+
+@pytest.fixture
+def provider(make_offered: Callable[..., Provider]) -> Provider:
+    return make_offered()
 
 
 def allow(network: str, provider: Provider | None = None) -> SuggestionClient:
@@ -69,9 +80,9 @@ def test_allowed_caller_gets_one_suggestion_entry(client: Client, provider: Prov
 
 
 def test_caller_outside_the_allow_list_gets_403_over_a_real_socket(
-    live_server: Any, make_provider: Callable[..., Provider]
+    live_server: Any, make_offered: Callable[..., Provider]
 ) -> None:
-    make_provider()
+    make_offered()
     allow("127.0.0.1")
     url = urlsplit(live_server.url)
 
@@ -117,9 +128,9 @@ def test_network_entries_behave_as_networks(client: Client, provider: Provider) 
 
 
 def test_an_entry_of_another_provider_does_not_admit(
-    client: Client, provider: Provider, make_provider: Callable[..., Provider]
+    client: Client, provider: Provider, make_offered: Callable[..., Provider]
 ) -> None:
-    other = make_provider(domains=("other.example",))
+    other = make_offered(domains=("other.example",))
     allow("192.0.2.20", provider=other)
     allow("192.0.2.30", provider=provider)
 
@@ -179,3 +190,46 @@ def test_bad_names_are_a_400_for_allowed_callers(client: Client, provider: Provi
 
     assert response.status_code == HTTPStatus.BAD_REQUEST
     assert response.json()["code"] == "name_too_long"
+
+
+def test_a_stranger_gets_403_whatever_the_slug_or_the_input(
+    client: Client, provider: Provider, make_offered: Callable[..., Provider]
+) -> None:
+    # Allowed elsewhere: 192.0.2.10 for every hosted provider, 192.0.2.20 for "other" only.
+    allow("192.0.2.10")
+    allow("192.0.2.20", provider=make_offered(domains=("other.example",)))
+    long_name = {"first_name": "x" * 500}
+    asked = [
+        ("192.0.2.99", URL, QUERY),  # a stranger, a good question
+        ("192.0.2.99", "/providers/nothing/suggest", QUERY),  # an unknown slug
+        ("192.0.2.99", URL, long_name),  # a name too long (400 for those allowed)
+        ("192.0.2.99", URL, {"first_name": "a\x00b"}),  # refused by the serializer itself
+        ("192.0.2.99", URL, {"country": "Germany"}),
+        ("192.0.2.20", URL, QUERY),  # allowed for another provider only
+        ("192.0.2.20", "/providers/nothing/suggest", long_name),
+    ]
+
+    answers = [client.get(url, params, REMOTE_ADDR=ip) for ip, url, params in asked]
+
+    assert [a.status_code for a in answers] == [HTTPStatus.FORBIDDEN] * len(asked)
+    assert {a.json()["code"] for a in answers} == {"not_allowed"}
+    # The same bodies: nothing tells an unknown slug or a bad name from a good one.
+    assert len({a.content for a in answers}) == 1
+    allowed = client.get("/providers/nothing/suggest", QUERY, REMOTE_ADDR="192.0.2.10")
+    assert allowed.status_code == HTTPStatus.NOT_FOUND
+
+
+@pytest.mark.parametrize("registration", ["closed", "token"])
+def test_a_provider_not_open_to_everyone_declines(
+    client: Client, provider: Provider, registration: str
+) -> None:
+    allow("192.0.2.10")
+    provider.registration = registration
+    provider.save()
+
+    response = get(client, "192.0.2.10")
+
+    assert response.status_code == HTTPStatus.OK
+    assert response.json()["succeeded"] is False
+    assert response.json()["status"] == "declined"
+    assert "addresses" not in response.json()

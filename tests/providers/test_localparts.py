@@ -59,6 +59,30 @@ def test_candidates_never_exceed_the_longest_length() -> None:
     assert found[0] == "aaaaaaaaaaaaaaaa.bbbbbbbbbbbbbbb"
 
 
+def test_candidates_for_a_long_name_leave_room_for_numbers() -> None:
+    # A base exactly as long as allowed cannot take a number: the numbered ones are
+    # shortened by the width of the largest number (999) instead.
+    two_parts = list(itertools.islice(candidates("a" * 150, "b" * 150, max_length=32), 1000))
+    one_part = list(itertools.islice(candidates("c" * 150, "", max_length=32), 1000))
+
+    assert two_parts[:3] == [
+        "a" * 16 + "." + "b" * 15,
+        "a" * 14 + "." + "b" * 14 + "1",
+        "a" * 14 + "." + "b" * 14 + "2",
+    ]
+    assert two_parts[-1] == "a" * 14 + "." + "b" * 14 + "999"
+    assert one_part[:2] == ["c" * 32, "c" * 29 + "1"]
+    for found in (two_parts, one_part):
+        assert len(found) == 1000  # the shortened name, then 999 numbers
+        assert max(map(len, found)) <= 32
+
+
+def test_candidates_give_a_short_part_the_room_a_long_one_leaves() -> None:
+    found = list(itertools.islice(candidates("Al", "b" * 150, max_length=32), 2))
+
+    assert found == ["al.b", "al." + "b" * 29]
+
+
 @given(st.text(max_size=60), st.text(max_size=60), st.sampled_from(["", "DE", "UA", "DK", "FR"]))
 def test_candidates_are_always_lower_case_ascii_without_repeats(
     first: str, last: str, country: str

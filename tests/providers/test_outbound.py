@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -128,6 +129,46 @@ def test_fetch_times_out_a_body_that_drips(fake_provider: Callable[..., Any]) ->
     with pytest.raises(FetchFailed) as refused:
         fetch(fake.url, timeout=0.5)
     assert refused.value.timed_out
+
+
+@pytest.mark.parametrize("fake_fixture", ["fake_provider", "tls_fake_provider"])
+def test_fetch_stops_at_the_deadline_when_the_body_stalls_after_late_headers(
+    request: pytest.FixtureRequest, fake_fixture: str
+) -> None:
+    # Headers at 0.9 s of a 1 s limit, then nothing: a read timeout set at the start (1 s)
+    # would wait until about 1.9 s. Over plain http and over TLS (where the watchdog must
+    # shut the socket under the TLS layer).
+    fake = request.getfixturevalue(fake_fixture)(delay=0.9, mode="stall", stall=5.0, body=GOOD)
+
+    started = time.monotonic()
+    with pytest.raises(FetchFailed) as refused:
+        fetch(fake.url, timeout=1.0)
+    elapsed = time.monotonic() - started
+
+    assert refused.value.timed_out
+    assert elapsed < 1.0 + 0.5, elapsed  # the limit and a margin, well below 1.9
+
+
+def test_fetch_stops_at_the_deadline_when_the_headers_drip(
+    fake_provider: Callable[..., Any],
+) -> None:
+    # A byte of the headers every 50 ms never lets a read time out.
+    fake = fake_provider(mode="drip-headers")
+
+    started = time.monotonic()
+    with pytest.raises(FetchFailed) as refused:
+        fetch(fake.url, timeout=0.5)
+    elapsed = time.monotonic() - started
+
+    assert refused.value.timed_out
+    assert elapsed < 0.5 + 0.5, elapsed
+
+
+def test_fetch_reads_a_provider_over_tls(tls_fake_provider: Callable[..., Any]) -> None:
+    fake = tls_fake_provider(body=GOOD)
+
+    assert fetch(fake.url) == GOOD
+    assert fake.url.startswith("https://")
 
 
 def test_fetch_reports_a_refused_connection_as_an_error(free_port: int) -> None:

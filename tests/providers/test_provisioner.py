@@ -42,6 +42,18 @@ def test_successful_entry_carries_no_diagnostic_keys_unless_debug() -> None:
     assert answer.entry(debug=True)["latency_ms"] == 7
 
 
+def test_hosted_answer_without_addresses_is_declined_like_a_remote_one() -> None:
+    answer = provisioner.hosted_answer("example.org", [], Decimal("0.00"), 3)
+
+    assert answer.status == provisioner.DECLINED
+    assert answer.entry() == {
+        "provider": "example.org",
+        "succeeded": False,
+        "status": "declined",
+        "latency_ms": 3,
+    }
+
+
 def test_failed_entry_says_why() -> None:
     answer = provisioner.failed("slow.example", provisioner.TIMEOUT, "no answer", 3001)
 

@@ -7,11 +7,13 @@ RELIABILITY.md checks 23 (hostile provider answers) and 24 (partial provider fai
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -24,6 +26,11 @@ from providers.services import fanout
 from providers.services.suggest import NameQuery
 
 JULIET = NameQuery(first_name="Juliet", last_name="Capulet")
+# The remote providers' time limit (make_remote_provider) plus SUGGESTION_GRACE (below).
+DEADLINE = 1.0 + 0.3
+# Added to every upper bound on time: scheduling slack on a loaded 2-core machine. Each
+# bound stays below what the behaviour it rules out would take (stated beside it).
+MARGIN = 0.5
 
 
 @pytest.fixture(autouse=True)
@@ -57,8 +64,8 @@ def test_fanout_answers_in_about_the_timeout_with_the_good_providers_and_right_s
     result = fanout.collect_suggestions(query=JULIET)
     elapsed = time.monotonic() - started
 
-    # The time limit is 1 s and the grace 0.3 s; the delays add up to 3.1 s.
-    assert 0.9 <= elapsed < 1.9, elapsed
+    # The slow provider is cut at its 1 s limit; the delays add up to 3.1 s.
+    assert 0.9 <= elapsed < DEADLINE + MARGIN, elapsed
     entries = by_provider(result.entries)
     assert set(entries) == {"quick.example", "slow.example", "broken.example", "hosted.example"}
     assert entries["quick.example"] == {
@@ -109,16 +116,16 @@ def test_fanout_asks_remote_providers_in_parallel_without_redis(
     fake_provider: Callable[..., Any],
     make_remote_provider: Callable[..., Provider],
 ) -> None:
-    fakes = [fake_provider(delay=0.3) for _ in range(5)]
+    fakes = [fake_provider(delay=0.4) for _ in range(5)]
     for index, fake in enumerate(fakes):
-        make_remote_provider(fake.url, domain=f"p{index}.example")
+        make_remote_provider(fake.url, domain=f"p{index}.example", suggestion_timeout=3.0)
 
     started = time.monotonic()
     result = fanout.collect_suggestions(query=JULIET)
     elapsed = time.monotonic() - started
 
     assert [entry["succeeded"] for entry in result.entries] == [True] * 5
-    assert elapsed < 1.0, elapsed  # one after another would take 1.5 s
+    assert elapsed < 0.4 + 2 * MARGIN, elapsed  # one after another would take 2 s
 
 
 # ----- check 24: partial provider failure -----------------------------------------------------
@@ -257,7 +264,8 @@ def test_fanout_drops_hostile_provider_answers_and_keeps_the_others(
     assert {domain: statuses[domain] for domain in hostile} == dict.fromkeys(hostile, "error")
     assert statuses["good.example"] == "ok"
     assert statuses["hosted.example"] == "ok"
-    assert elapsed < 1.3, elapsed  # before the deadline (1 s limit + 0.3 s grace)
+    # The good ones' "ok" shows they came before the deadline; this bounds the whole call.
+    assert elapsed < DEADLINE + MARGIN, elapsed
     assert listener.connections == 0
     text = json.dumps(result.entries)
     assert "root:" not in text and "lollol" not in text
@@ -404,35 +412,197 @@ def test_fanout_reports_error_for_every_remote_provider_when_the_broker_is_down(
     redis_client: Any,
     free_port: int,
 ) -> None:
-    from portal.celery import app
-
     settings.CELERY_TASK_ALWAYS_EAGER = False
     make_remote_provider(fake_provider().url, domain="good.example")
-    saved = app.conf.broker_url
-    app.conf.broker_url = f"redis://127.0.0.1:{free_port}/0"
-    _reset_broker_connections(app)
-    try:
+
+    with celery_through(broker=f"redis://127.0.0.1:{free_port}/0"):
         started = time.monotonic()
         result = fanout.collect_suggestions(query=JULIET)
         elapsed = time.monotonic() - started
-    finally:
-        app.conf.broker_url = saved
-        _reset_broker_connections(app)
 
     statuses = {answer.provider: answer.status for answer in result.answers}
     assert statuses == {"good.example": "error", "hosted.example": "ok"}
-    assert elapsed < 3.0
+    # kombu's default retries for broker_connection_timeout took about 6 s.
+    assert elapsed < DEADLINE + MARGIN, elapsed
 
 
-def _reset_broker_connections(app: Any) -> None:
-    """Close the app's broker connections; the next send opens new ones to the broker URL.
+# While Redis is down, Celery's result consumer also fails to unsubscribe from inside
+# AsyncResult.__del__ (a frozen result of the group dropped as the failed send unwinds);
+# Python can only print that ("Exception ignored in"), which is all it does here.
+@pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <function AsyncResult.__del__"
+    ":pytest.PytestUnraisableExceptionWarning"
+)
+def test_fanout_answers_fast_while_redis_is_down_and_fully_again_once_it_is_back(
+    settings: Any,
+    celery_worker: Any,
+    fake_provider: Callable[..., Any],
+    make_remote_provider: Callable[..., Provider],
+    hosted: Provider,
+    redis_proxy: Any,
+) -> None:
+    # Broker and result backend reach Redis through a proxy that goes down and comes back
+    # (the worker keeps its own connection: only this process loses Redis).
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    make_remote_provider(fake_provider(delay=0.05).url, domain="good.example")
+
+    with celery_through(broker=redis_proxy.url, backend=redis_proxy.url):
+        before = fanout.collect_suggestions(query=JULIET)
+        redis_proxy.down()
+        started = time.monotonic()
+        down = [fanout.collect_suggestions(query=JULIET) for _ in range(2)]
+        elapsed = time.monotonic() - started
+        redis_proxy.up()
+        after = fanout.collect_suggestions(query=JULIET)
+
+    def statuses(result: fanout.FanoutResult) -> dict[str, str]:
+        return {answer.provider: answer.status for answer in result.answers}
+
+    assert statuses(before) == {"good.example": "ok", "hosted.example": "ok"}
+    for result in down:
+        assert statuses(result) == {"good.example": "error", "hosted.example": "ok"}
+    # Two fan-outs; the defaults' retries took about 6 s (publishing) and 19 s (the result
+    # backend's pub/sub) each.
+    assert elapsed < DEADLINE + MARGIN, elapsed
+    # No restart needed: the same process publishes and collects again.
+    assert statuses(after) == {"good.example": "ok", "hosted.example": "ok"}
+
+
+def test_fanout_answers_at_the_deadline_when_no_worker_takes_the_tasks(
+    settings: Any,
+    celery_worker: Any,
+    fake_provider: Callable[..., Any],
+    make_remote_provider: Callable[..., Provider],
+    hosted: Provider,
+) -> None:
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    fake = fake_provider()
+    remote = make_remote_provider(fake.url, domain="good.example")
+
+    with celery_worker.frozen():
+        started = time.monotonic()
+        result = fanout.collect_suggestions(query=JULIET)
+        elapsed = time.monotonic() - started
+        time.sleep(0.2)  # past the task's `expires` (counted from its sending) for sure
+
+    statuses = {answer.provider: answer.status for answer in result.answers}
+    assert statuses == {"good.example": "timeout", "hosted.example": "ok"}
+    # join_native waited in whole seconds on Redis: 2 s for this 1.3 s deadline.
+    assert DEADLINE <= elapsed < DEADLINE + MARGIN, elapsed
+    # The hourly statistics count the wait, not 0 ms, for a provider that never answered.
+    stat = SuggestionStat.objects.get(provider=remote)
+    assert (stat.queries, stat.timeouts) == (1, 1)
+    assert DEADLINE * 1000 <= stat.latency_ms_max < (DEADLINE + MARGIN) * 1000
+    time.sleep(0.3)  # the thawed worker finds the task expired and does not ask
+    assert fake.hits == []
+
+
+def test_fanout_stops_waiting_for_a_provider_that_stalls_after_its_headers(
+    fanout_mode: str,
+    fake_provider: Callable[..., Any],
+    make_remote_provider: Callable[..., Provider],
+    hosted: Provider,
+) -> None:
+    # Headers at 0.9 s of its 1 s limit, then nothing for 5 s.
+    stalls = fake_provider(delay=0.9, mode="stall", stall=5.0)
+    make_remote_provider(stalls.url, domain="stalls.example")
+    make_remote_provider(fake_provider(delay=0.05).url, domain="good.example")
+
+    started = time.monotonic()
+    result = fanout.collect_suggestions(query=JULIET)
+    elapsed = time.monotonic() - started
+
+    statuses = {answer.provider: answer.status for answer in result.answers}
+    assert statuses == {"stalls.example": "timeout", "good.example": "ok", "hosted.example": "ok"}
+    # Before: the body read waited its full read timeout (about 1.9 s), then whole seconds.
+    assert elapsed < DEADLINE + MARGIN, elapsed
+
+
+def test_fanout_turns_an_unexpected_failure_into_an_error_answer(
+    fanout_mode: str,
+    fake_provider: Callable[..., Any],
+    make_remote_provider: Callable[..., Provider],
+    hosted: Provider,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A lone surrogate cannot be URL-encoded: the HTTP client raises UnicodeEncodeError,
+    # which no provider causes and query_remote does not expect. (The API refuses such a
+    # name with 400; the service may be called by anything.)
+    fake = fake_provider()
+    make_remote_provider(fake.url, domain="good.example")
+
+    with caplog.at_level("ERROR", logger="providers.services.fanout"):
+        result = fanout.collect_suggestions(query=NameQuery("Juliet\udc80", "Capulet"))
+
+    statuses = {answer.provider: answer.status for answer in result.answers}
+    assert statuses["good.example"] == "error"
+    assert fake.hits == []
+    if fanout_mode == "threads":  # the worker logs its own failure in Celery mode
+        assert "UnicodeEncodeError" in caplog.text
+        assert "\udc80" not in caplog.text and "Juliet" not in caplog.text
+
+
+def test_fanout_cancels_calls_still_queued_at_the_deadline(
+    threads_mode: None,
+    fake_provider: Callable[..., Any],
+    make_remote_provider: Callable[..., Provider],
+) -> None:
+    # Every thread of the pool busy (as under other fan-outs' load): the two calls of this
+    # fan-out wait in the queue past its deadline. They must then never run.
+    fake = fake_provider()
+    make_remote_provider(fake.url, domain="one.example")
+    make_remote_provider(fake.url, domain="two.example")
+    pool = fanout._thread_pool()
+    release = threading.Event()
+    blockers = [pool.submit(release.wait, 10) for _ in range(pool._max_workers)]
+    try:
+        result = fanout.collect_suggestions(query=JULIET)
+    finally:
+        release.set()
+    for blocker in blockers:
+        blocker.result(timeout=10)
+    time.sleep(0.3)  # time for queued calls to run, had they not been cancelled
+
+    assert [answer.status for answer in result.answers] == ["timeout", "timeout"]
+    assert fake.hits == []
+
+
+@contextlib.contextmanager
+def celery_through(*, broker: str, backend: str | None = None) -> Iterator[None]:
+    """The Celery app's broker (and result backend) at these URLs for the block."""
+    from portal.celery import app
+
+    saved = app.conf.broker_url, app.conf.result_backend
+    app.conf.broker_url = broker
+    if backend is not None:
+        app.conf.result_backend = backend
+    _reset_celery_connections(app)
+    try:
+        yield
+    finally:
+        app.conf.broker_url, app.conf.result_backend = saved
+        _reset_celery_connections(app)
+
+
+def _reset_celery_connections(app: Any) -> None:
+    """Close the app's broker connections and its result backend's; the next send and
+    wait connect to the configured URLs.
 
     Closing app.pool alone leaves it closed in kombu's global registry, where every later
     send finds it ("Acquire on closed pool"): kombu's reset closes and forgets all pools,
-    and _after_fork is Celery's own reset of its references to them.
+    and _after_fork is Celery's own reset of its references to them. The result backend is
+    made once per thread and kept (app._local.backend, since it is not thread-safe); its
+    result consumer still lists the results of sends that failed as subscribed, and would
+    try to unsubscribe them, through a Redis that may be gone, when they are collected.
     """
     from kombu import pools
 
+    gc.collect()  # results of failed sends go now, while this test still runs
+    backend = vars(app._local).pop("backend", None)
+    if backend is not None:
+        backend.result_consumer.subscribed_to.clear()
+        backend.result_consumer.stop()  # closes its pub/sub connection
+        backend.client.connection_pool.disconnect()
     pools.reset()
     app._after_fork()
 
@@ -450,6 +620,7 @@ def test_collate_gives_one_entry_per_provider_in_order_and_timeouts_for_the_miss
         ["a.example", "b.example", "c.example", "b.example", "z.example"],
         answers,
         unknown=["z.example"],
+        waited_ms=1300,
     )
 
     assert [(a.provider, a.status) for a in collated] == [
@@ -458,6 +629,7 @@ def test_collate_gives_one_entry_per_provider_in_order_and_timeouts_for_the_miss
         ("c.example", "error"),
         ("z.example", "unknown"),
     ]
+    assert collated[0].latency_ms == 1300  # waited for until the deadline, not 0 ms
 
 
 def test_remote_request_and_answer_survive_the_broker_as_json() -> None:

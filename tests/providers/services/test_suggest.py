@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from accounts.models import ReservedName
 from accounts.services.accounts import check_address_available, create_account
 from portal.errors import InvalidInput
+from providers import provisioner
 from providers.models import Provider, ProviderDomain
 from providers.services.suggest import (
     NameQuery,
@@ -134,16 +136,72 @@ def test_names_in_any_script_give_valid_addresses(
     assert_registrable(provider, suggested)
 
 
-def test_a_name_of_symbols_only_gives_an_empty_answer(provider: Provider) -> None:
-    assert suggest(provider, "😀", "★") == []
+def test_a_name_of_symbols_only_gives_no_addresses_and_a_declined_answer(
+    provider: Provider,
+) -> None:
+    query = check_name_query(first_name="😀", last_name="★")
+
+    assert suggest_addresses(provider=provider, query=query) == []
+    answer = hosted_answer(provider=provider, query=query)
+    assert answer.status == provisioner.DECLINED  # as a remote provider's succeeded: false
+    assert answer.entry()["succeeded"] is False
 
 
-def test_a_long_name_is_shortened_to_the_providers_longest_user_name(provider: Provider) -> None:
-    suggested = suggest(provider, "A" * 150, "B" * 150)
+@pytest.mark.parametrize(("first", "last"), [("A" * 150, "B" * 150), ("A" * 150, "")])
+def test_a_long_name_gives_the_configured_count_of_addresses_no_longer_than_allowed(
+    provider: Provider, first: str, last: str
+) -> None:
+    suggested = suggest(provider, first, last)
 
-    assert suggested
+    assert len(suggested) == provider.effective_suggestion_count == 5
     assert all(len(address.split("@")[0]) <= 32 for address in suggested)
     assert_registrable(provider, suggested)
+
+
+@pytest.mark.parametrize(
+    ("first", "last"),
+    [
+        ("محمد\u200cرضا", "رضایی"),  # noqa: RUF001 (Persian letters; a ZWNJ inside)
+        ("Jean\u00a0Pierre", "Dupont"),  # a no-break space between two given names
+    ],
+)
+def test_names_written_with_joiners_and_no_break_spaces_are_accepted(
+    provider: Provider, first: str, last: str
+) -> None:
+    query = check_name_query(first_name=first, last_name=last)
+    suggested = suggest_addresses(provider=provider, query=query)
+
+    assert query.first_name == first
+    assert len(suggested) == 5
+    assert all(address.isascii() for address in suggested)
+    assert_registrable(provider, suggested)
+
+
+def test_check_name_query_puts_names_in_nfc() -> None:
+    decomposed = "Zoe\u0308"  # e + combining diaeresis
+
+    assert check_name_query(first_name=decomposed, last_name="").first_name == "Zoë"
+
+
+@pytest.mark.parametrize(
+    "registration_fields",
+    [{"registration": "closed"}, {"registration": "token"}, {"tos_url": ""}],
+)
+def test_hosted_answer_declines_for_a_provider_clients_are_not_offered(
+    make_provider: Callable[..., Provider], registration_fields: dict[str, str]
+) -> None:
+    fields = {
+        "tos_url": "https://example.org/tos",
+        "privacy_url": "https://example.org/privacy",
+        **registration_fields,
+    }
+    provider = make_provider(**fields)
+    query = check_name_query(first_name="Juliet", last_name="Capulet")
+
+    answer = hosted_answer(provider=provider, query=query)
+
+    assert answer.status == provisioner.DECLINED
+    assert answer.addresses == ()
 
 
 def test_short_names_reach_the_shortest_length_with_numbers(provider: Provider) -> None:
@@ -159,6 +217,9 @@ def test_short_names_reach_the_shortest_length_with_numbers(provider: Provider) 
         ("x" * 500, "", "", "name_too_long"),
         ("Juliet", "x" * 201, "", "name_too_long"),
         ("Juli\x07et", "", "", "invalid_name"),
+        ("Juliet", "Cap\nulet", "", "invalid_name"),
+        ("Juli\udc80et", "", "", "invalid_name"),  # a lone surrogate is not text
+        ("Juli\uffffet", "", "", "invalid_name"),  # a noncharacter, which XML cannot carry
         ("Juliet", "", "Germany", "invalid_country"),
         ("Juliet", "", "D1", "invalid_country"),
     ],
@@ -180,7 +241,7 @@ def test_check_name_query_trims_and_upper_cases_the_country() -> None:
 def test_hosted_answer_costs_two_queries_for_a_prefetched_provider(
     make_provider: Callable[..., Provider], django_assert_num_queries: Any
 ) -> None:
-    make_provider()
+    make_provider(tos_url="https://example.org/tos", privacy_url="https://example.org/privacy")
     provider = Provider.objects.prefetch_related("domains").get()
     query = check_name_query(first_name="Juliet", last_name="Capulet")
 
@@ -190,3 +251,25 @@ def test_hosted_answer_costs_two_queries_for_a_prefetched_provider(
 
     assert answer.provider == "example.org"
     assert len(answer.addresses) == 5
+
+
+def test_suggestions_read_the_reserved_names_once_however_many_batches(
+    make_provider: Callable[..., Provider], django_assert_num_queries: Any
+) -> None:
+    from providers import localparts
+    from providers.services import suggest as service
+
+    make_provider()
+    provider = Provider.objects.prefetch_related("domains").get()
+    # Administrators reserved every candidate of the first batch: a second batch follows.
+    first_batch = itertools.islice(localparts.candidates("Juliet", "Capulet"), service.BATCH)
+    ReservedName.objects.bulk_create(ReservedName(name=name) for name in first_batch)
+    query = check_name_query(first_name="Juliet", last_name="Capulet")
+
+    # The reserved names once, the taken addresses of the second batch (the first has no
+    # candidate left to look up): 2, where reading the reserved names per batch made 3.
+    with django_assert_num_queries(2):
+        suggested = suggest_addresses(provider=provider, query=query)
+
+    assert len(suggested) == 5
+    assert_registrable(provider, suggested)
