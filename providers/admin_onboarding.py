@@ -186,7 +186,9 @@ class OnboardingTokenAdmin(admin.ModelAdmin):
         issued = getattr(request, "_onboarding_issued", [])
         return self._show_codes(request, issued, str(_("Onboarding token created")))
 
-    @admin.action(description=_("Revoke selected tokens (their codes stop working)"))
+    @admin.action(
+        description=_("Revoke selected tokens (their codes stop working)"), permissions=["change"]
+    )
     def revoke_tokens(self, request: HttpRequest, queryset: QuerySet[OnboardingToken]) -> None:
         revoked = sum(onboarding.revoke_token(token=token) for token in queryset)
         self.message_user(
@@ -196,7 +198,10 @@ class OnboardingTokenAdmin(admin.ModelAdmin):
             messages.SUCCESS,
         )
 
-    @admin.action(description=_("Give selected tokens new secrets (printed codes stop working)"))
+    @admin.action(
+        description=_("Give selected tokens new secrets (printed codes stop working)"),
+        permissions=["change"],
+    )
     def replace_secrets(
         self, request: HttpRequest, queryset: QuerySet[OnboardingToken]
     ) -> HttpResponse | None:

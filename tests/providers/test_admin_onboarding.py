@@ -195,3 +195,91 @@ def test_the_token_page_prints_the_providers_logo(
     assert found
     printed = Image.open(io.BytesIO(base64.b64decode(found.group(1))))
     assert printed.format == "PNG" and printed.size == (600, 200)
+
+
+# ----- who may act: the administrator, a view-only staff member, a stranger -------------------
+
+TOKEN_ACTIONS = [
+    ("revoke_tokens", {}),
+    ("replace_secrets", {"confirm": "yes"}),
+]
+
+
+def _staff(django_user_model: Any, name: str, *codenames: str) -> Any:
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user(name, password="x", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    return user
+
+
+def _token_row(token: OnboardingToken) -> tuple[Any, ...]:
+    return tuple(
+        OnboardingToken.objects.filter(pk=token.pk).values_list("revoked_at", "token_sha256")[0]
+    )
+
+
+def test_every_token_action_names_the_permission_it_needs() -> None:
+    from django.contrib import admin
+
+    from providers.admin_onboarding import OnboardingTokenAdmin
+
+    model_admin = OnboardingTokenAdmin(OnboardingToken, admin.site)
+    for name in model_admin.actions:
+        action = getattr(model_admin, name)
+        assert getattr(action, "allowed_permissions", ()), f"{name} has no permissions="
+
+
+@pytest.mark.parametrize(("action", "extra"), TOKEN_ACTIONS)
+def test_token_actions_are_for_administrators_only(
+    client: Any,
+    django_user_model: Any,
+    make_token: Callable[..., Any],
+    settings: Any,
+    action: str,
+    extra: dict[str, str],
+) -> None:
+    settings.PORTAL_BASE_URL = "https://portal.example.org"
+    issued = make_token()
+    before = _token_row(issued.token)
+    administrator = _staff(
+        django_user_model, "administrator", "view_onboardingtoken", "change_onboardingtoken"
+    )
+    viewer = _staff(django_user_model, "viewer", "view_onboardingtoken")
+    stranger = django_user_model.objects.create_user("stranger", password="x")
+    post = {"action": action, "_selected_action": [issued.token.pk], **extra}
+
+    client.force_login(viewer)
+    viewer_listing = client.get(CHANGELIST)
+    as_viewer = client.post(CHANGELIST, post, follow=True)
+    client.force_login(stranger)
+    as_stranger = client.post(CHANGELIST, post)
+    assert _token_row(issued.token) == before  # neither changed anything
+    client.force_login(administrator)
+    listing = client.get(CHANGELIST)
+    as_administrator = client.post(CHANGELIST, post)
+
+    assert viewer_listing.status_code == HTTPStatus.OK  # the viewer sees the list...
+    assert f'value="{action}"' not in viewer_listing.content.decode()  # ...without the action
+    assert "DCACCOUNT:" not in as_viewer.content.decode()
+    assert as_stranger.status_code == HTTPStatus.FOUND
+    assert as_stranger["Location"].startswith("/admin/login/")
+    assert f'value="{action}"' in listing.content.decode()
+    assert as_administrator.status_code in (HTTPStatus.OK, HTTPStatus.FOUND)
+    assert _token_row(issued.token) != before  # the administrator's took effect
+
+
+def test_a_view_only_staff_member_cannot_change_a_token(
+    client: Any, django_user_model: Any, make_token: Callable[..., Any]
+) -> None:
+    issued = make_token(max_uses=3)
+    viewer = _staff(django_user_model, "viewer", "view_onboardingtoken")
+    client.force_login(viewer)
+
+    response = client.post(
+        f"{CHANGELIST}{issued.token.pk}/change/", {"name": "renamed", "max_uses": 99}
+    )
+
+    assert response.status_code == HTTPStatus.FORBIDDEN
+    issued.token.refresh_from_db()
+    assert issued.token.max_uses == 3 and issued.token.name != "renamed"
