@@ -341,6 +341,70 @@ def test_the_token_is_in_no_log_line_of_the_portal_or_its_access_log(
     assert "Forbidden: /dcaccount/[redacted]" in text
 
 
+@pytest.mark.services
+def test_the_token_is_in_no_line_runserver_prints_in_debug_mode(
+    transactional_db: None, make_token: Callable[..., Any], tmp_path: Any
+) -> None:
+    """`make run` serves with runserver: its request lines and Django's debug console."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from django.conf import settings as django_settings
+
+    from tests.conftest import _free_port, database_url
+
+    issued = make_token(max_uses=1)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(dict(connection.settings_dict)),
+        "PORTAL_BASE_URL": f"http://127.0.0.1:{port}",
+        "PORTAL_ALLOWED_HOSTS": "127.0.0.1",
+        "PORTAL_DEBUG": "1",
+    }
+    env.pop("REDIS_URL", None)
+    log_path = tmp_path / "runserver.log"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
+            cwd=django_settings.BASE_DIR,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.1)
+        base = f"http://127.0.0.1:{port}"
+        statuses = [
+            _http_post(f"{base}/dc%61ccount/{issued.secret}")[0],  # routed: it uses the token
+            _http_post(f"{base}/dcaccount/{issued.secret}")[0],
+            _http_post(f"{base}/new_email?%74={issued.secret}")[0],
+        ]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=15)
+    text = log_path.read_text(encoding="utf-8", errors="replace")
+
+    assert statuses == [200, 410, 410]
+    assert issued.secret not in text
+    assert text.count("POST /dcaccount/[redacted]") == 2  # the escaped one decoded, masked
+    assert "POST /new_email?t=[redacted]" in text
+    assert "Gone: /dcaccount/[redacted]" in text  # the django logger's console copy
+
+
 def _pg_dump() -> str:
     import os
     import shutil
