@@ -62,6 +62,10 @@ class CreateAccountForm(forms.Form):
     )
 
 
+# What an administrator edits on an account's page; everything else goes through services.
+EDITABLE_FIELDS = ["full_name", "quota_mb", "expires_at"]
+
+
 @admin.register(MailAccount)
 class MailAccountAdmin(admin.ModelAdmin):
     list_display = [
@@ -87,7 +91,7 @@ class MailAccountAdmin(admin.ModelAdmin):
         "onboarding_token",
     ]
     fieldsets = [
-        (None, {"fields": ["address_display", "full_name", "quota_mb", "expires_at"]}),
+        (None, {"fields": ["address_display", *EDITABLE_FIELDS]}),
         (
             _("State"),
             {
@@ -202,6 +206,14 @@ class MailAccountAdmin(admin.ModelAdmin):
         }
         # admin_site.admin_view adds no-store (never_cache) to the response.
         return TemplateResponse(request, "accounts/admin/passwords_once.html", context)
+
+    def save_model(self, request: HttpRequest, obj: MailAccount, form: Any, change: bool) -> None:
+        # The change page (adding is add_view's): only the fields it changed. Password,
+        # status and mailbox state are the services' and may have changed since the page
+        # loaded the row (a password reset, the lifetime pass disabling the account).
+        fields = [name for name in form.changed_data if name in EDITABLE_FIELDS]
+        if fields:
+            obj.save(update_fields=[*fields, "updated_at"])
 
     def delete_view(
         self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None

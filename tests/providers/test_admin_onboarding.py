@@ -283,3 +283,36 @@ def test_a_view_only_staff_member_cannot_change_a_token(
     assert response.status_code == HTTPStatus.FORBIDDEN
     issued.token.refresh_from_db()
     assert issued.token.max_uses == 3 and issued.token.name != "renamed"
+
+
+# ----- the token's page writes only what it edits -----------------------------------------------
+
+
+def test_editing_a_token_keeps_a_use_a_revocation_and_a_new_secret_made_meanwhile(
+    admin_client: Any, make_token: Callable[..., Any]
+) -> None:
+    from django.db.models import F
+
+    from tests.accounts.test_admin_edit import form_fields, just_before_saving
+
+    issued = make_token(max_uses=3)
+    url = f"{CHANGELIST}{issued.token.pk}/change/"
+    values = form_fields(admin_client.get(url).content, "onboardingtoken_form")
+    values.update(name="renamed", max_uses="5")
+    renewed: list[onboarding.IssuedToken] = []
+
+    def meanwhile(loaded: OnboardingToken) -> None:
+        # A redemption's claim, a revocation and a new secret, each with its own UPDATE.
+        OnboardingToken.objects.filter(pk=loaded.pk).update(use_count=F("use_count") + 1)
+        onboarding.revoke_token(token=OnboardingToken.objects.get(pk=loaded.pk))
+        renewed.append(onboarding.replace_secret(token=OnboardingToken.objects.get(pk=loaded.pk)))
+
+    with just_before_saving(OnboardingToken, meanwhile):
+        response = admin_client.post(url, values)
+
+    assert response.status_code == HTTPStatus.FOUND, response.content.decode()[:2000]
+    token = OnboardingToken.objects.get(pk=issued.token.pk)
+    assert (token.name, token.max_uses) == ("renamed", 5)
+    assert token.use_count == 1
+    assert token.revoked_at is not None
+    assert token.token_sha256 == token_digest(renewed[0].secret)
