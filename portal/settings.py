@@ -356,8 +356,10 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Temporary accounts of onboarding tokens: disable when their lifetime ends, delete
     # TEMPORARY_ACCOUNT_GRACE later (accounts/services/lifetime.py; every 5 minutes).
     "end-expired-accounts": {"task": "accounts.end_expired_accounts", "schedule": 300.0},
-    # Onboarding sheets hold passwords: gone an hour after they were asked for.
-    "purge-sheets": {"task": "accounts.purge_sheets", "schedule": 300.0},
+    # Onboarding sheets hold passwords: gone an hour after they were asked for. The sweep
+    # also restarts a sheet whose worker was lost (no progress for 2 minutes) and fails one
+    # that cannot be finished (accounts/services/sheets.py; every minute).
+    "sweep-sheets": {"task": "accounts.sweep_sheets", "schedule": 60.0},
 }
 
 # ---------------------------------------------------------------------------------------------
