@@ -393,6 +393,11 @@ def test_the_token_is_in_no_line_runserver_prints_in_debug_mode(
             _http_post(f"{base}/dcaccount/{issued.secret}")[0],
             _http_post(f"{base}/new_email?%74={issued.secret}")[0],
         ]
+        # runserver writes a request's line after its answer: wait for the third.
+        deadline = time.monotonic() + 10
+        while log_path.read_text(errors="replace").count('HTTP/1.1"') < 3:
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=15)
