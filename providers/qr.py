@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Iterator
+from datetime import timedelta
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import qrcode
 import qrcode.constants
 
+from providers import durations
 from providers.autoconfig import Server, expand_username
 
 DCACCOUNT_PATH = "/dcaccount/"
@@ -45,6 +48,26 @@ def dcaccount_url(base_url: str, token: str) -> str:
 def dcaccount_text(base_url: str, token: str) -> str:
     """`DCACCOUNT:https://<portal>/dcaccount/<token>`; QRFormatError unless https."""
     return f"DCACCOUNT:{dcaccount_url(base_url, token)}"
+
+
+def dcaccount_answer(*, address: str, password: str, lifetime: timedelta | None) -> dict[str, Any]:
+    """The JSON of a DCACCOUNT success: `email` and `password` (what Delta Chat reads), and
+    mailadm's `expiry` (the accounts' lifetime as written in admin) and `ttl` (in seconds,
+    null for permanent accounts)."""
+    return {
+        "email": address,
+        "password": password,
+        "expiry": durations.format_duration(lifetime),
+        "ttl": int(lifetime.total_seconds()) if lifetime else None,
+    }
+
+
+def dcaccount_refusal(*, code: str, reason: str) -> dict[str, str]:
+    """The JSON of a DCACCOUNT refusal: `reason`, which Delta Chat shows to the person (never
+    empty, specs/qr.md), and our `code` for the administrator."""
+    if not reason.strip():
+        raise ValueError("A DCACCOUNT refusal needs a reason to show.")
+    return {"reason": reason, "code": code}
 
 
 def _value(text: str) -> str:

@@ -468,3 +468,56 @@ def test_the_three_autoconfig_forms_delta_chat_tries_answer_for_the_new_address(
     assert validate_clientconfig(first.content) == []
     assert validate_clientconfig(second.content) == []
     assert b"<Type>IMAP</Type>" in third.content
+
+
+# ----- the OpenAPI schema --------------------------------------------------------------------
+
+
+def _schema(client: Any) -> dict[str, Any]:
+    response = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == HTTPStatus.OK
+    schema: dict[str, Any] = response.json()
+    return schema
+
+
+@pytest.mark.parametrize(
+    ("path", "parameter", "where"),
+    [("/dcaccount/{token}", "token", "path"), ("/new_email", "t", "query")],
+)
+def test_schema_documents_the_dcaccount_calls(
+    client: Any, path: str, parameter: str, where: str
+) -> None:
+    schema = _schema(client)
+
+    assert set(schema["paths"][path]) == {"post"}
+    operation = schema["paths"][path]["post"]
+    assert "requestBody" not in operation  # an empty body
+    assert [(p["name"], p["in"], p["required"]) for p in operation["parameters"]] == [
+        (parameter, where, True)
+    ]
+    answers = operation["responses"]
+    assert set(answers) == {"200", "403", "405", "410", "429", "500", "503"}
+    assert answers["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/DCAccountOut"
+    }
+    for status in set(answers) - {"200"}:
+        assert answers[status]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/DCAccountRefusalOut"
+        }, status
+
+
+@pytest.mark.django_db
+def test_answers_have_exactly_the_fields_the_schema_names(
+    client: Any, make_token: Callable[..., Any]
+) -> None:
+    components = _schema(client)["components"]["schemas"]
+    issued = make_token(max_uses=1)
+
+    # A browser's Accept, which the JSON of the protocol does not depend on.
+    made = post(client, issued.secret, HTTP_ACCEPT="text/html,application/xhtml+xml")
+    refused = post(client, issued.secret)
+
+    assert made.status_code == HTTPStatus.OK and made["Content-Type"] == "application/json"
+    assert set(made.json()) == set(components["DCAccountOut"]["properties"])
+    assert set(refusal(refused)) == set(components["DCAccountRefusalOut"]["properties"])
+    assert set(components["DCAccountOut"]["required"]) >= {"email", "password"}
