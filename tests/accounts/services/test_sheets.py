@@ -407,3 +407,48 @@ def test_the_command_runs_the_sweep(
 
     assert capsys.readouterr().out.strip() == "0 queued again, 0 failed, 1 deleted"
     assert not SheetJob.objects.exists()
+
+
+def test_codes_use_the_first_server_that_takes_a_password(
+    make_provider: Callable[..., Provider], admin_user: User
+) -> None:
+    make_provider(
+        servers=(
+            {"type": "imap", "hostname": "oauth.example.org", "port": 993,
+             "authentication": "OAuth2"},
+            {"type": "imap", "hostname": "imap.example.org", "port": 993},
+            {"type": "smtp", "hostname": "smtp.example.org", "port": 465},
+        )
+    )  # fmt: skip
+    account = create_account(
+        domain="example.org", local_part="anna", password="Anna-first-pw-1", created_via="admin"
+    )
+    job = sheets.start_sheet(account_ids=[account.pk], created_by=admin_user)
+    sheets.build_sheet(job_id=job.pk)
+
+    [code] = pdf_codes(sheets.take_sheet(job_id=job.pk, user=admin_user))
+
+    assert login_of(code)[1]["ih"] == ["imap.example.org"]
+
+
+def test_a_provider_whose_servers_take_no_password_gets_no_code_and_keeps_the_password(
+    make_provider: Callable[..., Provider], admin_user: User
+) -> None:
+    make_provider(
+        servers=(
+            {"type": "imap", "hostname": "oauth.example.org", "port": 993,
+             "authentication": "OAuth2"},
+            {"type": "smtp", "hostname": "smtp.example.org", "port": 465},
+        )
+    )  # fmt: skip
+    account = create_account(
+        domain="example.org", local_part="anna", password="Anna-first-pw-1", created_via="admin"
+    )
+    job = sheets.start_sheet(account_ids=[account.pk], created_by=admin_user)
+
+    built = sheets.build_sheet(job_id=job.pk)
+
+    assert built is not None and (built.done, built.failed) == (0, 1)
+    assert "no IMAP server that takes a password" in built.problems
+    account.refresh_from_db()
+    assert passwords.verify_password("Anna-first-pw-1", account.password)
