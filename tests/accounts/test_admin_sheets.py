@@ -202,25 +202,14 @@ def test_another_administrator_cannot_see_or_download_my_sheet(
 
 
 def test_a_sheet_started_while_the_broker_is_down_says_so_and_resets_nothing(
-    admin_client: Client,
-    provider: Provider,
-    django_capture_on_commit_callbacks: Any,
-    settings: Any,
-    free_port: int,
-    redis_client: Any,  # celery_through resets the app's Redis result backend too
+    admin_client: Client, provider: Provider, broker_unreachable: Callable[..., Any]
 ) -> None:
-    from tests.providers.services.test_fanout import celery_through
-
-    settings.CELERY_TASK_ALWAYS_EAGER = False
     account = create_account(
         domain="example.org", local_part="anna", password="z" * 16, created_via="admin"
     )
     selected = {"action": "onboarding_sheet", "_selected_action": [account.pk], "confirm": "yes"}
 
-    with (
-        celery_through(broker=f"redis://127.0.0.1:{free_port}/0"),
-        django_capture_on_commit_callbacks(execute=True),
-    ):
+    with broker_unreachable():
         started = admin_client.post(CHANGELIST, selected)
     progress = admin_client.get(started["Location"])
 

@@ -348,14 +348,13 @@ def test_the_token_is_in_no_line_runserver_prints_in_debug_mode(
     """`make run` serves with runserver: its request lines and Django's debug console."""
     import os
     import signal
-    import socket
     import subprocess
     import sys
     import time
 
     from django.conf import settings as django_settings
 
-    from tests.conftest import _free_port, database_url
+    from tests.conftest import _free_port, database_url, wait_listening
 
     issued = make_token(max_uses=1)
     port = _free_port()
@@ -379,14 +378,7 @@ def test_the_token_is_in_no_line_runserver_prints_in_debug_mode(
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.1)
+        wait_listening(server, port, f"runserver; see {log_path}")
         base = f"http://127.0.0.1:{port}"
         statuses = [
             _http_post(f"{base}/dc%61ccount/{issued.secret}")[0],  # routed: it uses the token

@@ -168,22 +168,11 @@ def test_start_enqueues_the_task_only_after_commit(
 
 
 def test_a_broker_that_cannot_be_reached_fails_the_job_and_changes_no_password(
-    accounts: list[MailAccount],
-    admin_user: User,
-    django_capture_on_commit_callbacks: Any,
-    settings: Any,
-    free_port: int,
-    redis_client: Any,  # celery_through resets the app's Redis result backend too
+    accounts: list[MailAccount], admin_user: User, broker_unreachable: Callable[..., Any]
 ) -> None:
-    from tests.providers.services.test_fanout import celery_through
-
-    settings.CELERY_TASK_ALWAYS_EAGER = False
     before = MailAccount.objects.get(pk=accounts[0].pk).password
 
-    with (
-        celery_through(broker=f"redis://127.0.0.1:{free_port}/0"),
-        django_capture_on_commit_callbacks(execute=True),
-    ):
+    with broker_unreachable():
         job = sheets.start_sheet(account_ids=[accounts[0].pk], created_by=admin_user)
 
     job.refresh_from_db()
@@ -409,24 +398,29 @@ def test_the_command_runs_the_sweep(
     assert not SheetJob.objects.exists()
 
 
-def test_codes_use_the_first_server_that_takes_a_password(
-    make_provider: Callable[..., Provider], admin_user: User
-) -> None:
-    make_provider(
-        servers=(
-            {"type": "imap", "hostname": "oauth.example.org", "port": 993,
-             "authentication": "OAuth2"},
-            {"type": "imap", "hostname": "imap.example.org", "port": 993},
-            {"type": "smtp", "hostname": "smtp.example.org", "port": 465},
-        )
-    )  # fmt: skip
+OAUTH_IMAP = {"type": "imap", "hostname": "oauth.example.org", "authentication": "OAuth2"}
+PASSWORD_IMAP = {"type": "imap", "hostname": "imap.example.org"}
+SMTP = {"type": "smtp", "hostname": "smtp.example.org", "port": 465}
+
+
+def _sheet_of_anna(
+    make_provider: Callable[..., Provider], user: User, servers: tuple[dict[str, Any], ...]
+) -> tuple[MailAccount, SheetJob | None]:
+    make_provider(servers=tuple({"port": 993, **server} for server in servers))
     account = create_account(
         domain="example.org", local_part="anna", password="Anna-first-pw-1", created_via="admin"
     )
-    job = sheets.start_sheet(account_ids=[account.pk], created_by=admin_user)
-    sheets.build_sheet(job_id=job.pk)
+    job = sheets.start_sheet(account_ids=[account.pk], created_by=user)
+    return account, sheets.build_sheet(job_id=job.pk)
 
-    [code] = pdf_codes(sheets.take_sheet(job_id=job.pk, user=admin_user))
+
+def test_codes_use_the_first_server_that_takes_a_password(
+    make_provider: Callable[..., Provider], admin_user: User
+) -> None:
+    _, built = _sheet_of_anna(make_provider, admin_user, (OAUTH_IMAP, PASSWORD_IMAP, SMTP))
+    assert built is not None
+
+    [code] = pdf_codes(sheets.take_sheet(job_id=built.pk, user=admin_user))
 
     assert login_of(code)[1]["ih"] == ["imap.example.org"]
 
@@ -434,19 +428,7 @@ def test_codes_use_the_first_server_that_takes_a_password(
 def test_a_provider_whose_servers_take_no_password_gets_no_code_and_keeps_the_password(
     make_provider: Callable[..., Provider], admin_user: User
 ) -> None:
-    make_provider(
-        servers=(
-            {"type": "imap", "hostname": "oauth.example.org", "port": 993,
-             "authentication": "OAuth2"},
-            {"type": "smtp", "hostname": "smtp.example.org", "port": 465},
-        )
-    )  # fmt: skip
-    account = create_account(
-        domain="example.org", local_part="anna", password="Anna-first-pw-1", created_via="admin"
-    )
-    job = sheets.start_sheet(account_ids=[account.pk], created_by=admin_user)
-
-    built = sheets.build_sheet(job_id=job.pk)
+    account, built = _sheet_of_anna(make_provider, admin_user, (OAUTH_IMAP, SMTP))
 
     assert built is not None and (built.done, built.failed) == (0, 1)
     assert "no IMAP server that takes a password" in built.problems
