@@ -8,6 +8,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -77,6 +78,10 @@ class CreateAccountForm(forms.Form):
     )
 
 
+# What an administrator edits on an account's page; everything else goes through services.
+EDITABLE_FIELDS = ["full_name", "quota_mb", "expires_at"]
+
+
 @admin.register(MailAccount)
 class MailAccountAdmin(admin.ModelAdmin):
     list_display = [
@@ -102,7 +107,7 @@ class MailAccountAdmin(admin.ModelAdmin):
         "onboarding_token",
     ]
     fieldsets = [
-        (None, {"fields": ["address_display", "full_name", "quota_mb", "expires_at"]}),
+        (None, {"fields": ["address_display", *EDITABLE_FIELDS]}),
         (
             _("State"),
             {
@@ -219,6 +224,14 @@ class MailAccountAdmin(admin.ModelAdmin):
         # admin_site.admin_view adds no-store (never_cache) to the response.
         return TemplateResponse(request, "accounts/admin/passwords_once.html", context)
 
+    def save_model(self, request: HttpRequest, obj: MailAccount, form: Any, change: bool) -> None:
+        # The change page (adding is add_view's): only the fields it changed. Password,
+        # status and mailbox state are the services' and may have changed since the page
+        # loaded the row (a password reset, the lifetime pass disabling the account).
+        fields = [name for name in form.changed_data if name in EDITABLE_FIELDS]
+        if fields:
+            obj.save(update_fields=[*fields, "updated_at"])
+
     def delete_view(
         self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
@@ -260,7 +273,9 @@ class MailAccountAdmin(admin.ModelAdmin):
             messages.SUCCESS,
         )
 
-    @admin.action(description=_("Approve selected accounts awaiting approval"))
+    @admin.action(
+        description=_("Approve selected accounts awaiting approval"), permissions=["change"]
+    )
     def approve_accounts(self, request: HttpRequest, queryset: QuerySet[MailAccount]) -> None:
         waiting = queryset.filter(status=AccountStatus.APPROVAL).select_related("domain__provider")
         approved = sum(
@@ -274,15 +289,20 @@ class MailAccountAdmin(admin.ModelAdmin):
             messages.SUCCESS,
         )
 
-    @admin.action(description=_("Disable selected accounts (they can no longer log in)"))
+    @admin.action(
+        description=_("Disable selected accounts (they can no longer log in)"),
+        permissions=["change"],
+    )
     def disable_accounts(self, request: HttpRequest, queryset: QuerySet[MailAccount]) -> None:
         self._set_status(request, queryset, AccountStatus.DISABLED)
 
-    @admin.action(description=_("Enable selected accounts"))
+    @admin.action(description=_("Enable selected accounts"), permissions=["change"])
     def enable_accounts(self, request: HttpRequest, queryset: QuerySet[MailAccount]) -> None:
         self._set_status(request, queryset, AccountStatus.ACTIVE)
 
-    @admin.action(description=_("Reset passwords of selected accounts (shown once)"))
+    @admin.action(
+        description=_("Reset passwords of selected accounts (shown once)"), permissions=["change"]
+    )
     def reset_passwords(
         self, request: HttpRequest, queryset: QuerySet[MailAccount]
     ) -> HttpResponse | None:
@@ -302,7 +322,10 @@ class MailAccountAdmin(admin.ModelAdmin):
         }
         return self._show_passwords(request, rows, str(title))
 
-    @admin.action(description=_("End the self-service sessions of selected accounts"))
+    @admin.action(
+        description=_("End the self-service sessions of selected accounts"),
+        permissions=["change"],
+    )
     def end_sessions(self, request: HttpRequest, queryset: QuerySet[MailAccount]) -> None:
         ended = accounts_with = 0
         for account in queryset.select_related("domain__provider"):
@@ -320,7 +343,10 @@ class MailAccountAdmin(admin.ModelAdmin):
             messages.SUCCESS,
         )
 
-    @admin.action(description=_("Print an onboarding sheet (new passwords, DCLOGIN codes)"))
+    @admin.action(
+        description=_("Print an onboarding sheet (new passwords, DCLOGIN codes)"),
+        permissions=["change"],
+    )
     def onboarding_sheet(
         self, request: HttpRequest, queryset: QuerySet[MailAccount]
     ) -> HttpResponse | None:
@@ -378,7 +404,8 @@ class SheetJobAdmin(admin.ModelAdmin):
     """Batch onboarding sheets: progress while the task runs, then one download.
 
     Each administrator sees and downloads only the sheets they asked for (they hold the
-    passwords that administrator just set).
+    passwords that administrator just set), and only while they may change mail accounts:
+    the permission the sheet action itself needs.
     """
 
     list_display = ["__str__", "state", "progress", "created_at", "expires_at"]
@@ -393,6 +420,12 @@ class SheetJobAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.has_perm("accounts.change_mailaccount")
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self.has_view_permission(request)
 
     @admin.display(description=_("progress"))
     def progress(self, job: SheetJob) -> str:
@@ -425,6 +458,8 @@ class SheetJobAdmin(admin.ModelAdmin):
         )
 
     def progress_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
         job = self.get_queryset(request).filter(pk=job_id).first()
         context = {
             **self.admin_site.each_context(request),
@@ -437,6 +472,8 @@ class SheetJobAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "accounts/admin/sheet_progress.html", context)
 
     def download_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
         if request.method != "POST":  # a download deletes the sheet: never on a GET
             return HttpResponseRedirect(reverse("admin:accounts_sheetjob_progress", args=[job_id]))
         try:

@@ -311,6 +311,11 @@ class SheetJob(models.Model):
     # What went wrong, per address, for the administrator; never a password.
     problems = models.TextField(blank=True)
     content = models.BinaryField(null=True, editable=False)
+    # The run that holds the job (accounts.services.sheets): each run's writes are
+    # conditional on its own id, so a run whose job was taken over writes nothing more.
+    attempt = models.UUIDField(null=True, blank=True, editable=False)
+    # Runs started so far; the sweep gives up on a job whose runs keep dying.
+    starts = models.PositiveSmallIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     expires_at = models.DateTimeField()

@@ -3,6 +3,8 @@ reconciliation."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import shared_task
 
 
@@ -58,20 +60,34 @@ def end_expired_accounts() -> dict[str, int]:
     return {"disabled": len(report.disabled), "deleted": len(report.deleted)}
 
 
-# Acks late, so a worker lost mid-build leaves the task for another one; the service claims
-# the job with a conditional UPDATE (a second delivery of a finished job does nothing).
-@shared_task(name="accounts.build_sheet", acks_late=True, soft_time_limit=1500, time_limit=1560)
-def build_sheet(job_id: int) -> str | None:
+# Acks late, so a worker lost mid-build leaves the task for another one (after the broker's
+# visibility timeout; the sweep is quicker: accounts.sweep_sheets). The service claims the
+# job with a conditional UPDATE: a second delivery of a finished job does nothing.
+# Retried only when the database did not answer (the service put the job back in the
+# queue): 30 s, 60 s, 120 s; the last try fails the job instead.
+@shared_task(
+    bind=True,
+    name="accounts.build_sheet",
+    acks_late=True,
+    max_retries=3,
+    soft_time_limit=1500,
+    time_limit=1560,
+)
+def build_sheet(self: Any, job_id: int) -> str | None:
     """Build an onboarding sheet (accounts.services.sheets.build_sheet); its state or None."""
-    from accounts.services.sheets import build_sheet as build
+    from accounts.services import sheets
 
-    job = build(job_id=job_id)
+    try:
+        job = sheets.build_sheet(job_id=job_id, last_try=self.request.retries >= self.max_retries)
+    except sheets.TRANSIENT_ERRORS as exc:
+        raise self.retry(exc=exc, countdown=30 * 2**self.request.retries) from None
     return job.state if job is not None else None
 
 
-@shared_task(name="accounts.purge_sheets", ignore_result=True)
-def purge_sheets() -> int:
-    """Every 5 minutes (CELERY_BEAT_SCHEDULE): delete sheets older than their hour."""
-    from accounts.services.sheets import purge_sheets as purge
+@shared_task(name="accounts.sweep_sheets", ignore_result=True)
+def sweep_sheets() -> dict[str, int]:
+    """Every minute (CELERY_BEAT_SCHEDULE): restart or fail lost sheet jobs, purge old ones."""
+    from accounts.services.sheets import sweep_sheets as sweep
 
-    return purge()
+    report = sweep()
+    return {"requeued": len(report.requeued), "failed": len(report.failed), "purged": report.purged}

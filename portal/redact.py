@@ -4,8 +4,10 @@ An onboarding token is the credential of `POST /dcaccount/<token>` and of mailad
 `POST /new_email?t=<token>`. Django's request logger, `runserver` and gunicorn's access log
 all write the path (and gunicorn the query string): each goes through `redact`.
 
-- `RedactingFilter`: a logging filter on the portal's handler (settings.LOGGING), so every
-  record of every logger that reaches it is redacted, whoever made it.
+- `RedactingFilter`: a logging filter on every handler of settings.LOGGING: the portal's
+  own, and Django's `django.server` (runserver's request lines: its logger does not
+  propagate), `console` (the `django` logger's copy with PORTAL_DEBUG) and `mail_admins`
+  (whose mail would also carry the request: it is left out when its URL holds a token).
 - `GunicornLogger`: gunicorn's logger class with the request line, path and query string of
   the access log redacted (`--logger-class portal.redact.GunicornLogger`, deploy/Procfile).
 """
@@ -15,29 +17,56 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
+from urllib.parse import quote, unquote
 
+from django.http import HttpRequest
 from gunicorn.glogging import Logger
 
 MASK = "[redacted]"
 # The path form (the token is the last segment) and the query parameter `t` wherever it
-# appears in a URL, raw or percent-encoded by a client.
+# appears in a URL.
 _PATTERNS = (
     re.compile(r"(/dcaccount/)[^/?#\s\"']+", re.IGNORECASE),
     re.compile(r"([?&;]t=)[^&#\s\"']*"),
 )
+# A run of URL characters with a percent-escape in it: the server decodes the path
+# (`/dc%61ccount/<token>` is routed to the DCACCOUNT view) and Django the query
+# (`?%74=<token>` is `t`), so such a run is matched again once decoded.
+_ESCAPED = re.compile(r"[^\s\"']*%[0-9A-Fa-f]{2}[^\s\"']*")
+# Kept literal when a decoded run is written back; everything else (spaces, line breaks,
+# quotes, "%") is escaped again, so a log line stays one line.
+_URL_SAFE = "/?#[]@!$&()*+,;=:~"
 
 
-def redact(text: str) -> str:
-    """`text` with every onboarding token in a URL replaced by MASK."""
+def _redact_plain(text: str) -> str:
     for pattern in _PATTERNS:
         text = pattern.sub(lambda match: match.group(1) + MASK, text)
     return text
+
+
+def _redact_escaped(match: re.Match[str]) -> str:
+    run = match.group(0)
+    decoded = unquote(run)
+    redacted = _redact_plain(decoded)
+    return run if redacted == decoded else quote(redacted, safe=_URL_SAFE)
+
+
+def redact(text: str) -> str:
+    """`text` with every onboarding token in a URL replaced by MASK, escaped or not."""
+    return _ESCAPED.sub(_redact_escaped, _redact_plain(text))
 
 
 class RedactingFilter(logging.Filter):
     """Rewrite a record's message (arguments merged in) with redact(); never drops one."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        request = getattr(record, "request", None)
+        if isinstance(request, HttpRequest):
+            # AdminEmailHandler writes the request's URL, GET and META into the mail: for a
+            # request that carried a token the mail goes without it.
+            url = request.get_full_path()
+            if redact(url) != url:
+                record.request = None
         try:
             message = record.getMessage()
         except Exception:  # a malformed record is the handler's to report, as before

@@ -359,8 +359,10 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Temporary accounts of onboarding tokens: disable when their lifetime ends, delete
     # TEMPORARY_ACCOUNT_GRACE later (accounts/services/lifetime.py; every 5 minutes).
     "end-expired-accounts": {"task": "accounts.end_expired_accounts", "schedule": 300.0},
-    # Onboarding sheets hold passwords: gone an hour after they were asked for.
-    "purge-sheets": {"task": "accounts.purge_sheets", "schedule": 300.0},
+    # Onboarding sheets hold passwords: gone an hour after they were asked for. The sweep
+    # also restarts a sheet whose worker was lost (no progress for 2 minutes) and fails one
+    # that cannot be finished (accounts/services/sheets.py; every minute).
+    "sweep-sheets": {"task": "accounts.sweep_sheets", "schedule": 60.0},
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -652,16 +654,48 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {
         "line": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        # Django's own (django.utils.log.DEFAULT_LOGGING), for runserver's request lines.
+        "django.server": {
+            "()": "django.utils.log.ServerFormatter",
+            "format": "[{server_time}] {message}",
+            "style": "{",
+        },
     },
     "filters": {
         # Onboarding tokens in logged URLs (Django's request log, runserver) are masked.
+        # Every handler carries it (tests/portal/test_redact.py checks that).
         "redact": {"()": "portal.redact.RedactingFilter"},
+        "require_debug_true": {"()": "django.utils.log.RequireDebugTrue"},
+        "require_debug_false": {"()": "django.utils.log.RequireDebugFalse"},
     },
     "handlers": {
         "stderr": {"class": "logging.StreamHandler", "formatter": "line", "filters": ["redact"]},
+        # Django's DEFAULT_LOGGING handlers, redefined with the filter: its `django.server`
+        # logger (runserver, `make run`) does not propagate to ours, and the `django`
+        # logger writes request lines to `console` (PORTAL_DEBUG) and mails errors.
+        "console": {
+            "level": "INFO",
+            "class": "logging.StreamHandler",
+            "filters": ["require_debug_true", "redact"],
+        },
+        "django.server": {
+            "level": "INFO",
+            "class": "logging.StreamHandler",
+            "formatter": "django.server",
+            "filters": ["redact"],
+        },
+        "mail_admins": {
+            "level": "ERROR",
+            "class": "django.utils.log.AdminEmailHandler",
+            "filters": ["require_debug_false", "redact"],
+        },
     },
     "root": {"handlers": ["stderr"], "level": "INFO"},
     "loggers": {
+        # Django's two loggers as DEFAULT_LOGGING has them, on the handlers above: a logger
+        # configured here drops the handlers Django gave it.
+        "django": {"handlers": ["console", "mail_admins"], "level": "INFO"},
+        "django.server": {"handlers": ["django.server"], "level": "INFO", "propagate": False},
         "django.db.backends": {"level": "WARNING"},
         # At INFO, Celery logs every task's return value ("succeeded in 0.1s: {...}"):
         # for the fan-out those are suggested addresses made from people's names.

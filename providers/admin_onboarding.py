@@ -67,6 +67,30 @@ class TokenAddForm(forms.ModelForm):
         ).select_related("provider")
 
 
+class TokenChangeForm(forms.ModelForm):
+    """A token's page: name, maximum uses and validity; uses and secret are not its own."""
+
+    class Meta:
+        model = OnboardingToken
+        fields = ["name", "max_uses", "expires_at"]
+
+    def clean(self) -> dict[str, Any] | None:
+        cleaned = super().clean()
+        # The model's clean() compares max_uses with the uses so far: read them fresh and
+        # lock the row. Django runs the change page in one transaction, so redemptions wait
+        # until this save commits and none can slip past a lowered maximum (the check
+        # constraint would otherwise fail the save).
+        use_count = (
+            OnboardingToken.objects.select_for_update()
+            .filter(pk=self.instance.pk)
+            .values_list("use_count", flat=True)
+            .first()
+        )
+        if use_count is not None:
+            self.instance.use_count = use_count
+        return cleaned
+
+
 @admin.register(OnboardingToken)
 class OnboardingTokenAdmin(admin.ModelAdmin):
     list_display = [
@@ -121,8 +145,7 @@ class OnboardingTokenAdmin(admin.ModelAdmin):
     def get_form(
         self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
     ) -> Any:
-        if obj is None:
-            kwargs["form"] = TokenAddForm
+        kwargs["form"] = TokenAddForm if obj is None else TokenChangeForm
         return super().get_form(request, obj, change=change, **kwargs)
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
@@ -173,7 +196,12 @@ class OnboardingTokenAdmin(admin.ModelAdmin):
         self, request: HttpRequest, obj: OnboardingToken, form: Any, change: bool
     ) -> None:
         if change:
-            super().save_model(request, obj, form, change)
+            # Only what the page changed: uses, revocation and secret are written by the
+            # services with their own UPDATEs, maybe since this page loaded the row, and a
+            # full-row save would undo them (a lost use could let max_uses be passed).
+            fields = [name for name in form.changed_data if name in TokenChangeForm.Meta.fields]
+            if fields:
+                obj.save(update_fields=[*fields, "updated_at"])
             return
         obj.account_lifetime = form.cleaned_data["lifetime"]
         obj.created_by = request.user  # type: ignore[assignment]  # admin: always a User
@@ -186,7 +214,9 @@ class OnboardingTokenAdmin(admin.ModelAdmin):
         issued = getattr(request, "_onboarding_issued", [])
         return self._show_codes(request, issued, str(_("Onboarding token created")))
 
-    @admin.action(description=_("Revoke selected tokens (their codes stop working)"))
+    @admin.action(
+        description=_("Revoke selected tokens (their codes stop working)"), permissions=["change"]
+    )
     def revoke_tokens(self, request: HttpRequest, queryset: QuerySet[OnboardingToken]) -> None:
         revoked = sum(onboarding.revoke_token(token=token) for token in queryset)
         self.message_user(
@@ -196,7 +226,10 @@ class OnboardingTokenAdmin(admin.ModelAdmin):
             messages.SUCCESS,
         )
 
-    @admin.action(description=_("Give selected tokens new secrets (printed codes stop working)"))
+    @admin.action(
+        description=_("Give selected tokens new secrets (printed codes stop working)"),
+        permissions=["change"],
+    )
     def replace_secrets(
         self, request: HttpRequest, queryset: QuerySet[OnboardingToken]
     ) -> HttpResponse | None:

@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Iterator
+from datetime import timedelta
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import qrcode
 import qrcode.constants
 
+from providers import durations
 from providers.autoconfig import Server, expand_username
 
 DCACCOUNT_PATH = "/dcaccount/"
 # specs/qr.md: socketType -> the DCLOGIN security value.
 _SECURITY = {"SSL": "ssl", "STARTTLS": "starttls", "plain": "plain"}
+# The authentication of autoconfig (providers/autoconfig.py) a DCLOGIN code can use: the
+# password in clear over the connection's TLS (Delta Chat logs in with IMAP LOGIN and SMTP
+# AUTH PLAIN/LOGIN; it has no challenge-response "password-encrypted", and the code carries
+# nothing for OAuth2, certificates or client addresses).
+PASSWORD_AUTH = frozenset({"password-cleartext"})
 # Error correction M (15 %) and the 4-module quiet zone the QR standard asks for.
 ERROR_CORRECTION = qrcode.constants.ERROR_CORRECT_M
 QUIET_ZONE = 4
@@ -45,6 +53,26 @@ def dcaccount_url(base_url: str, token: str) -> str:
 def dcaccount_text(base_url: str, token: str) -> str:
     """`DCACCOUNT:https://<portal>/dcaccount/<token>`; QRFormatError unless https."""
     return f"DCACCOUNT:{dcaccount_url(base_url, token)}"
+
+
+def dcaccount_answer(*, address: str, password: str, lifetime: timedelta | None) -> dict[str, Any]:
+    """The JSON of a DCACCOUNT success: `email` and `password` (what Delta Chat reads), and
+    mailadm's `expiry` (the accounts' lifetime as written in admin) and `ttl` (in seconds,
+    null for permanent accounts)."""
+    return {
+        "email": address,
+        "password": password,
+        "expiry": durations.format_duration(lifetime),
+        "ttl": int(lifetime.total_seconds()) if lifetime else None,
+    }
+
+
+def dcaccount_refusal(*, code: str, reason: str) -> dict[str, str]:
+    """The JSON of a DCACCOUNT refusal: `reason`, which Delta Chat shows to the person (never
+    empty, specs/qr.md), and our `code` for the administrator."""
+    if not reason.strip():
+        raise ValueError("A DCACCOUNT refusal needs a reason to show.")
+    return {"reason": reason, "code": code}
 
 
 def _value(text: str) -> str:
@@ -98,15 +126,28 @@ def dclogin_text(
 
 
 def first_servers(servers: Iterable[Server]) -> tuple[Server, Server]:
-    """The first IMAP and the first SMTP server (preference order); QRFormatError if missing."""
+    """The first IMAP and the first SMTP server (preference order) that take the account's
+    password: a DCLOGIN code carries only the password, so a server that wants OAuth2, a
+    client certificate or the client's address cannot log the account in.
+
+    QRFormatError, saying which is missing, if there is no such IMAP or SMTP server.
+    """
     listed = list(servers)
-    imap = next((server for server in listed if server.type == "imap"), None)
-    smtp = next((server for server in listed if server.type == "smtp"), None)
-    if imap is None:
-        raise QRFormatError("The provider has no IMAP server; Delta Chat needs one.")
-    if smtp is None:
-        raise QRFormatError("The provider has no SMTP server; Delta Chat needs one.")
-    return imap, smtp
+    found = []
+    for kind in ("imap", "smtp"):
+        of_kind = [server for server in listed if server.type == kind]
+        usable = [server for server in of_kind if server.authentication in PASSWORD_AUTH]
+        if not usable:
+            name = kind.upper()
+            raise QRFormatError(
+                f"The provider has no {name} server that takes a password (its {name} "
+                f"servers use {', '.join(sorted({s.authentication for s in of_kind}))}); a "
+                "DCLOGIN code logs in with the password only."
+                if of_kind
+                else f"The provider has no {name} server; Delta Chat needs one."
+            )
+        found.append(usable[0])
+    return found[0], found[1]
 
 
 def matrix(text: str) -> list[list[bool]]:

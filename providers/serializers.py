@@ -59,3 +59,19 @@ class SuggestionEntryOut(serializers.Serializer):
 class ErrorOut(serializers.Serializer):
     code = serializers.CharField()
     message = serializers.CharField()
+
+
+class DCAccountOut(serializers.Serializer):
+    """A DCACCOUNT success (specs/qr.md): Delta Chat reads email and password."""
+
+    email = serializers.EmailField()
+    password = serializers.CharField()
+    expiry = serializers.CharField(help_text="The accounts' lifetime, e.g. 30d; or never.")
+    ttl = serializers.IntegerField(allow_null=True, help_text="The lifetime in seconds.")
+
+
+class DCAccountRefusalOut(serializers.Serializer):
+    """A DCACCOUNT refusal: Delta Chat shows `reason` to the person."""
+
+    reason = serializers.CharField()
+    code = serializers.CharField()

@@ -17,8 +17,8 @@ urlpatterns = [
     path("autodiscover/autodiscover.xml", views.autodiscover, name="autodiscover"),
     path("Autodiscover/Autodiscover.xml", views.autodiscover),
     path("mobileconfig", views.mobileconfig, name="mobileconfig"),
-    path("dcaccount/<str:token>", views.dcaccount, name="dcaccount"),
-    path("new_email", views.new_email, name="new-email"),
+    path("dcaccount/<str:token>", api.DCAccountView.as_view(), name="dcaccount"),
+    path("new_email", api.NewEmailView.as_view(), name="new-email"),
     path(
         "providers/<slug:slug>/suggest", api.ProviderSuggestView.as_view(), name="provider-suggest"
     ),

@@ -1,23 +1,22 @@
-"""Document views of providers: the autoconfig endpoints mail clients fetch, and DCACCOUNT."""
+"""Document views of providers: the autoconfig endpoints mail clients fetch.
+
+DCACCOUNT (also called by a mail client, Delta Chat) is in providers/api.py, for its schema.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
-from http import HTTPStatus
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.http.request import split_domain_port
 from django.utils.cache import patch_cache_control
-from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
-from portal import ratelimit
-from portal.errors import PortalError
-from providers import autoconfig, durations
-from providers.services import documents, onboarding
+from providers import autoconfig
+from providers.services import documents
 
 logger = logging.getLogger(__name__)
 
@@ -136,68 +135,3 @@ def mobileconfig(request: HttpRequest) -> HttpResponse:
     response["Content-Disposition"] = f'attachment; filename="{domain}.mobileconfig"'
     patch_cache_control(response, private=True, no_cache=True)
     return response
-
-
-# ----- DCACCOUNT (specs/qr.md) ----------------------------------------------------------------
-
-
-@csrf_exempt  # Delta Chat posts without a session or cookie; the token is the credential
-@never_cache
-def dcaccount(request: HttpRequest, token: str) -> HttpResponse:
-    """POST /dcaccount/<token>: what a scanned DCACCOUNT code does."""
-    return _redeem(request, token)
-
-
-@csrf_exempt  # as above: mailadm's URL, kept for codes printed by mailadm-style tools
-@never_cache
-def new_email(request: HttpRequest) -> HttpResponse:
-    """POST /new_email?t=<token>: mailadm's form of the same call."""
-    return _redeem(request, request.GET.get("t", ""))
-
-
-def _redeem(request: HttpRequest, secret: str) -> HttpResponse:
-    """Create an account and answer `{"email", "password", "expiry", "ttl"}`.
-
-    Every refusal is a non-2xx JSON `{"reason", "code"}` whose reason Delta Chat shows to
-    the person. The secret is never echoed, and the request log redacts it
-    (portal.redact). The body is ignored: Delta Chat sends none.
-    """
-    if request.method != "POST":
-        response = _refusal(
-            HTTPStatus.METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "Scan this code with Delta Chat: it creates an account when the app sends it.",
-        )
-        response["Allow"] = "POST"
-        return response
-    try:
-        ratelimit.enforce(request, ratelimit.DCACCOUNT)
-        redemption = onboarding.redeem_token(secret=secret)
-    except (ratelimit.RateLimited, ratelimit.RateLimiterUnavailable) as exc:
-        response = _refusal(exc.status, exc.code, exc.message)
-        response["Retry-After"] = str(exc.retry_after)
-        return response
-    except PortalError as exc:
-        logger.info("dcaccount: refused: %s", exc.code)
-        return _refusal(exc.status, exc.code, exc.message)
-    except Exception:
-        logger.exception("dcaccount: failed")
-        return _refusal(
-            HTTPStatus.INTERNAL_SERVER_ERROR,
-            "server_error",
-            "The server could not create the account; try again later.",
-        )
-    ttl = int(redemption.lifetime.total_seconds()) if redemption.lifetime else None
-    return JsonResponse(
-        {
-            "email": redemption.address,
-            "password": redemption.password,
-            # mailadm's fields: the account's lifetime as written in admin, and in seconds.
-            "expiry": durations.format_duration(redemption.lifetime),
-            "ttl": ttl,
-        }
-    )
-
-
-def _refusal(status: int, code: str, reason: str) -> JsonResponse:
-    return JsonResponse({"reason": reason, "code": code}, status=status)

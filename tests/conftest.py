@@ -262,18 +262,7 @@ class PortalServer:
         )
 
     def wait_ready(self, timeout: float = 30) -> None:
-        import socket
-        import time
-
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"gunicorn did not start; see {self.log.name}") from None
-                time.sleep(0.1)
+        wait_listening(self.process, self.port, f"gunicorn; see {self.log.name}", timeout)
 
     def worker_pids(self) -> list[int]:
         """gunicorn's worker processes (children of its master)."""
@@ -294,6 +283,23 @@ class PortalServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+def wait_listening(process: Any, port: int, what: str, timeout: float = 30) -> None:
+    """Until `process` accepts connections on 127.0.0.1:`port`; RuntimeError if it exits
+    or takes longer than `timeout` seconds (`what` names it in the error)."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"did not start: {what}") from None
+            time.sleep(0.1)
 
 
 def database_url(database: dict[str, Any]) -> str:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,3 +96,26 @@ def no_rate_limit(settings: Any) -> None:
     """Rate limits off: the suite's logins all come from 127.0.0.1, and Redis keeps counts
     between tests. The tests of the limits switch them on with addresses of their own."""
     settings.RATELIMIT_ENABLE = False
+
+
+@pytest.fixture
+def broker_unreachable(
+    settings: Any,
+    free_port: int,
+    redis_client: Any,  # celery_through resets the app's Redis result backend too
+    django_capture_on_commit_callbacks: Any,
+) -> Callable[[], AbstractContextManager[Any]]:
+    """`with broker_unreachable():` tasks are sent (not run eagerly) to a closed port, and
+    on-commit callbacks run, as after a real commit."""
+    from tests.providers.services.test_fanout import celery_through
+
+    @contextmanager
+    def unreachable() -> Iterator[Any]:
+        settings.CELERY_TASK_ALWAYS_EAGER = False
+        with (
+            celery_through(broker=f"redis://127.0.0.1:{free_port}/0"),
+            django_capture_on_commit_callbacks(execute=True) as callbacks,
+        ):
+            yield callbacks
+
+    return unreachable

@@ -199,3 +199,42 @@ def test_another_administrator_cannot_see_or_download_my_sheet(
     assert f"sheet {job.pk}" not in listed.content.decode()
     assert "downloaded already or has expired" in taken.content.decode()
     assert SheetJob.objects.filter(pk=job.pk).exists()
+
+
+def test_a_sheet_started_while_the_broker_is_down_says_so_and_resets_nothing(
+    admin_client: Client, provider: Provider, broker_unreachable: Callable[..., Any]
+) -> None:
+    account = create_account(
+        domain="example.org", local_part="anna", password="z" * 16, created_via="admin"
+    )
+    selected = {"action": "onboarding_sheet", "_selected_action": [account.pk], "confirm": "yes"}
+
+    with broker_unreachable():
+        started = admin_client.post(CHANGELIST, selected)
+    progress = admin_client.get(started["Location"])
+
+    assert started.status_code == HTTPStatus.FOUND  # not a 500
+    assert SheetJob.objects.get().state == SheetJob.State.FAILED
+    html = progress.content.decode()
+    assert "not reachable" in html and "No password was changed" in html
+    account.refresh_from_db()
+    assert passwords.verify_password("z" * 16, account.password)
+
+
+def test_a_sheet_made_under_an_old_secret_key_is_refused_with_a_message(
+    admin_client: Client, admin_user: User, provider: Provider, settings: Any
+) -> None:
+    from accounts.services import sheets
+
+    account = create_account(
+        domain="example.org", local_part="anna", password="z" * 16, created_via="admin"
+    )
+    job = sheets.start_sheet(account_ids=[account.pk], created_by=admin_user)
+    sheets.build_sheet(job_id=job.pk)
+    settings.SECRET_KEY = "rotated-" + "k" * 50
+    admin_client.force_login(admin_user)  # the session was signed with the old key
+
+    download = admin_client.post(f"/admin/accounts/sheetjob/{job.pk}/download/", follow=True)
+
+    assert download.status_code == HTTPStatus.OK
+    assert "can no longer be read" in download.content.decode()

@@ -1,4 +1,6 @@
-"""accounts.tasks under a real Celery worker: RELIABILITY.md check 7, the worker-kill half.
+"""accounts.tasks: each loads and calls its service; the sheet task retries database errors.
+
+Below, accounts.tasks under a real Celery worker: RELIABILITY.md check 7, the worker-kill half.
 
 A reconciliation pass that re-creates a lost mailbox is killed (kill -9 of the worker) right
 after the mail server made the mailbox and before the task was acknowledged. With late
@@ -118,3 +120,84 @@ def test_a_reconcile_pass_killed_mid_task_is_redelivered_and_makes_the_mailbox_o
 def test_the_beat_schedule_runs_the_reconcile_task_every_five_minutes() -> None:
     entry = django_settings.CELERY_BEAT_SCHEDULE["reconcile-mailboxes"]
     assert (entry["task"], entry["schedule"]) == (reconcile_task.name, 300.0)
+
+
+# ----- onboarding sheets -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sheet_job(make_provider: Callable[..., Provider], admin_user: Any) -> Any:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from accounts.models import SheetJob
+
+    make_provider()
+    account = create_account(
+        domain="example.org", local_part="romeo", password="Wherefore-art-thou-1",
+        created_via=CreatedVia.ADMIN,
+    )  # fmt: skip
+    return SheetJob.objects.create(
+        created_by=admin_user,
+        account_ids=[account.pk],
+        total=1,
+        expires_at=timezone.now() + timedelta(hours=1),
+    )
+
+
+def test_build_sheet_task_builds_the_sheet_in_eager_mode(sheet_job: Any, settings: Any) -> None:
+    from accounts import tasks
+
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+
+    assert tasks.build_sheet.delay(sheet_job.pk).get() == "done"
+    sheet_job.refresh_from_db()
+    assert sheet_job.content is not None
+
+
+def test_build_sheet_task_retries_when_the_database_does_not_answer(
+    sheet_job: Any, database_down: Callable[[], None]
+) -> None:
+    from celery.exceptions import Retry
+
+    from accounts import tasks
+    from accounts.models import SheetJob
+
+    saved = dict(connection.settings_dict)
+    database_down()
+    with pytest.raises(Retry) as caught:
+        tasks.build_sheet.apply(args=[sheet_job.pk], throw=True).get()
+
+    assert caught.value.when == 30  # the first of 30, 60, 120 s
+    connection.close()
+    connection.settings_dict.clear()
+    connection.settings_dict.update(saved)
+    assert SheetJob.objects.get(pk=sheet_job.pk).state == SheetJob.State.QUEUED
+
+
+def test_build_sheet_task_gives_up_after_its_last_retry(
+    sheet_job: Any, database_down: Callable[[], None]
+) -> None:
+    from django.db import OperationalError
+
+    from accounts import tasks
+
+    database_down()
+    with pytest.raises(OperationalError):
+        tasks.build_sheet.apply(args=[sheet_job.pk], throw=True, retries=3).get()
+
+
+def test_sweep_sheets_task_runs_the_sweep(sheet_job: Any, settings: Any) -> None:
+    from accounts import tasks
+
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+
+    assert tasks.sweep_sheets.delay().get() == {"requeued": 0, "failed": 0, "purged": 0}
+
+
+def test_the_beat_schedule_sweeps_sheets_every_minute() -> None:
+    from accounts import tasks
+
+    entry = django_settings.CELERY_BEAT_SCHEDULE["sweep-sheets"]
+    assert (entry["task"], entry["schedule"]) == (tasks.sweep_sheets.name, 60.0)

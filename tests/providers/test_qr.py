@@ -98,6 +98,46 @@ def test_dclogin_refuses_what_it_cannot_describe() -> None:
     assert qr.first_servers([SMTP, pop3, IMAP]) == (IMAP, SMTP)
 
 
+def test_first_servers_skip_servers_that_take_no_password() -> None:
+    oauth_imap = Server("imap", "oauth.example.org", 993, "SSL", "OAuth2", "%EMAILADDRESS%")
+    cert_smtp = Server("smtp", "cert.example.org", 465, "SSL", "TLS-client-cert", "%EMAILADDRESS%")
+
+    assert qr.first_servers([oauth_imap, cert_smtp, IMAP, SMTP]) == (IMAP, SMTP)
+
+
+def test_first_servers_refuse_clearly_when_no_server_takes_a_password() -> None:
+    oauth_imap = Server("imap", "oauth.example.org", 993, "SSL", "OAuth2", "%EMAILADDRESS%")
+
+    with pytest.raises(qr.QRFormatError, match=r"no IMAP server that takes a password.*OAuth2"):
+        qr.first_servers([oauth_imap, SMTP])
+
+
+def test_dcaccount_answer_has_what_delta_chat_and_mailadm_read() -> None:
+    from datetime import timedelta
+
+    temporary = qr.dcaccount_answer(
+        address="tmp.k3x9@example.org", password=HOSTILE, lifetime=timedelta(days=30)
+    )
+    permanent = qr.dcaccount_answer(address="a@example.org", password="pw", lifetime=None)
+
+    assert temporary == {
+        "email": "tmp.k3x9@example.org",
+        "password": HOSTILE,
+        "expiry": "30d",
+        "ttl": 2_592_000,
+    }
+    assert (permanent["expiry"], permanent["ttl"]) == ("never", None)
+
+
+def test_dcaccount_refusal_always_has_a_reason_to_show() -> None:
+    assert qr.dcaccount_refusal(code="token_unknown", reason="Not valid.") == {
+        "reason": "Not valid.",
+        "code": "token_unknown",
+    }
+    with pytest.raises(ValueError, match="reason"):
+        qr.dcaccount_refusal(code="token_unknown", reason=" ")
+
+
 def test_dcaccount_text_is_built_from_an_https_origin() -> None:
     assert (
         qr.dcaccount_text("https://portal.example.org/", "tok_en-1")

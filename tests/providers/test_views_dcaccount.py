@@ -341,6 +341,67 @@ def test_the_token_is_in_no_log_line_of_the_portal_or_its_access_log(
     assert "Forbidden: /dcaccount/[redacted]" in text
 
 
+@pytest.mark.services
+def test_the_token_is_in_no_line_runserver_prints_in_debug_mode(
+    transactional_db: None, make_token: Callable[..., Any], tmp_path: Any
+) -> None:
+    """`make run` serves with runserver: its request lines and Django's debug console."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from django.conf import settings as django_settings
+
+    from tests.conftest import _free_port, database_url, wait_listening
+
+    issued = make_token(max_uses=1)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(dict(connection.settings_dict)),
+        "PORTAL_BASE_URL": f"http://127.0.0.1:{port}",
+        "PORTAL_ALLOWED_HOSTS": "127.0.0.1",
+        "PORTAL_DEBUG": "1",
+    }
+    env.pop("REDIS_URL", None)
+    log_path = tmp_path / "runserver.log"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
+            cwd=django_settings.BASE_DIR,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_listening(server, port, f"runserver; see {log_path}")
+        base = f"http://127.0.0.1:{port}"
+        statuses = [
+            _http_post(f"{base}/dc%61ccount/{issued.secret}")[0],  # routed: it uses the token
+            _http_post(f"{base}/dcaccount/{issued.secret}")[0],
+            _http_post(f"{base}/new_email?%74={issued.secret}")[0],
+        ]
+        # runserver writes a request's line after its answer: wait for the third.
+        deadline = time.monotonic() + 10
+        while log_path.read_text(errors="replace").count('HTTP/1.1"') < 3:
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=15)
+    text = log_path.read_text(encoding="utf-8", errors="replace")
+
+    assert statuses == [200, 410, 410]
+    assert issued.secret not in text
+    assert text.count("POST /dcaccount/[redacted]") == 2  # the escaped one decoded, masked
+    assert "POST /new_email?t=[redacted]" in text
+    assert "Gone: /dcaccount/[redacted]" in text  # the django logger's console copy
+
+
 def _pg_dump() -> str:
     import os
     import shutil
@@ -399,3 +460,56 @@ def test_the_three_autoconfig_forms_delta_chat_tries_answer_for_the_new_address(
     assert validate_clientconfig(first.content) == []
     assert validate_clientconfig(second.content) == []
     assert b"<Type>IMAP</Type>" in third.content
+
+
+# ----- the OpenAPI schema --------------------------------------------------------------------
+
+
+def _schema(client: Any) -> dict[str, Any]:
+    response = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == HTTPStatus.OK
+    schema: dict[str, Any] = response.json()
+    return schema
+
+
+@pytest.mark.parametrize(
+    ("path", "parameter", "where"),
+    [("/dcaccount/{token}", "token", "path"), ("/new_email", "t", "query")],
+)
+def test_schema_documents_the_dcaccount_calls(
+    client: Any, path: str, parameter: str, where: str
+) -> None:
+    schema = _schema(client)
+
+    assert set(schema["paths"][path]) == {"post"}
+    operation = schema["paths"][path]["post"]
+    assert "requestBody" not in operation  # an empty body
+    assert [(p["name"], p["in"], p["required"]) for p in operation["parameters"]] == [
+        (parameter, where, True)
+    ]
+    answers = operation["responses"]
+    assert set(answers) == {"200", "403", "405", "410", "429", "500", "503"}
+    assert answers["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/DCAccountOut"
+    }
+    for status in set(answers) - {"200"}:
+        assert answers[status]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/DCAccountRefusalOut"
+        }, status
+
+
+@pytest.mark.django_db
+def test_answers_have_exactly_the_fields_the_schema_names(
+    client: Any, make_token: Callable[..., Any]
+) -> None:
+    components = _schema(client)["components"]["schemas"]
+    issued = make_token(max_uses=1)
+
+    # A browser's Accept, which the JSON of the protocol does not depend on.
+    made = post(client, issued.secret, HTTP_ACCEPT="text/html,application/xhtml+xml")
+    refused = post(client, issued.secret)
+
+    assert made.status_code == HTTPStatus.OK and made["Content-Type"] == "application/json"
+    assert set(made.json()) == set(components["DCAccountOut"]["properties"])
+    assert set(refusal(refused)) == set(components["DCAccountRefusalOut"]["properties"])
+    assert set(components["DCAccountOut"]["required"]) >= {"email", "password"}

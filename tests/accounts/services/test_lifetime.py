@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -79,3 +80,40 @@ def test_the_command_and_the_task_run_the_same_pass(
     MailAccount.objects.update(expires_at=timezone.now() - timedelta(days=30))
     assert tasks.end_expired_accounts.delay().get() == {"disabled": 0, "deleted": 1}
     assert not MailAccount.objects.exists()
+
+
+def test_a_pass_takes_the_accounts_whose_lifetime_ended_first(
+    make_account: Callable[..., MailAccount], mail_server: Any
+) -> None:
+    # Neither the order they were made in nor the model's (by address) is the order of
+    # their ends.
+    for name, hours in [("alice", 3), ("carol", 1), ("bob", 2)]:
+        make_account(name, lifetime=timedelta(hours=hours))
+
+    report = end_expired_accounts(at=timezone.now() + timedelta(hours=4), batch=2)
+
+    assert report.disabled == ["carol@example.org", "bob@example.org"]
+    assert MailAccount.objects.get(local_part="alice").status == AccountStatus.ACTIVE
+
+
+def test_accounts_the_mail_server_refuses_do_not_hold_up_the_others(
+    make_account: Callable[..., MailAccount], mail_server: Any
+) -> None:
+    for name, hours in [("lost1", 1), ("lost2", 2), ("ok1", 3), ("ok2", 4)]:
+        make_account(name, lifetime=timedelta(hours=hours))
+    # The mail server lost the first two mailboxes: disabling them is refused, every pass.
+    boxes = mail_server.mailboxes()
+    del boxes["lost1@example.org"], boxes["lost2@example.org"]
+    mail_server.state.write_text(json.dumps(boxes), encoding="utf-8")
+    later = timezone.now() + timedelta(hours=5)
+
+    first = end_expired_accounts(at=later, batch=3)
+    second = end_expired_accounts(at=later, batch=3)
+
+    assert first.disabled == ["ok1@example.org", "ok2@example.org"]
+    assert [error.split(":")[0] for error in first.errors] == [
+        "lost1@example.org",
+        "lost2@example.org",
+    ]
+    assert second.disabled == [] and len(second.errors) == 2  # still reported, tried again
+    assert mail_server.mailboxes()["ok2@example.org"]["enabled"] is False
