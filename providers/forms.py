@@ -11,6 +11,7 @@ from providers.domains import to_unicode
 from providers.models import Provider
 
 EXIT_ACTIONS = ("cancel", "back", "close")
+_ELSEWHERE = _("Choose an address at one of the provider's domains.")
 
 
 class FlowForm(forms.Form):
@@ -52,25 +53,50 @@ class AddressForm(FlowForm):
             }
         ),
     )
-    domain = forms.ChoiceField(label=_("Domain"))
-    # One of the offered alternatives, sent by its own submit button (works without JS).
-    choose = forms.CharField(required=False, max_length=200)
-    # "Change address" on the password step shows this step again without checking it.
-    edit = forms.BooleanField(required=False)
+    domain = forms.ChoiceField(
+        label=_("Domain"),
+        error_messages={"required": _ELSEWHERE, "invalid_choice": _ELSEWHERE},
+    )
+    # One of the offered alternatives (a whole address), sent by its own submit button (works
+    # without JS). It replaces the typed address, local part and domain alike.
+    choose = forms.CharField(required=False, max_length=320)
 
-    def __init__(self, *args: Any, provider: Provider, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        data: Any = None,
+        *args: Any,
+        provider: Provider,
+        domains: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """`domains`: the A-labels the address may be at (default: all the provider's)."""
+        if data is not None and data.get("choose"):
+            local_part, _at, domain = str(data["choose"]).rpartition("@")
+            data = data.copy()
+            data["local_part"], data["domain"] = local_part, domain.lower()
+        super().__init__(data, *args, **kwargs)
+        names = domains if domains is not None else [row.name for row in provider.domains.all()]
         field = self.fields["domain"]
         if isinstance(field, forms.ChoiceField):  # always; narrows the type
-            field.choices = [
-                (domain.name, "@" + to_unicode(domain.name)) for domain in provider.domains.all()
-            ]
+            field.choices = [(name, "@" + to_unicode(name)) for name in names]
+        # The provider's rules, shown before the first try and tied to the field.
+        self.fields["local_part"].help_text = _address_rules(provider)
 
-    def chosen_local_part(self) -> str:
-        """The alternative clicked, if any, else what was typed."""
-        choice: str = self.cleaned_data.get("choose") or ""
-        typed: str = self.cleaned_data["local_part"]
-        return choice.rpartition("@")[0] or choice or typed
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        # The address is one thing to the person: a refused domain is said at the address.
+        for message in self.errors.pop("domain", []):
+            self.add_error("local_part", message)
+        return cleaned
+
+
+def _address_rules(provider: Provider) -> str:
+    counts = {"min": provider.username_min_length, "max": provider.username_max_length}
+    if not provider.username_punctuation:
+        return _("%(min)s to %(max)s characters: letters a-z and digits.") % counts
+    return _(
+        "%(min)s to %(max)s characters: letters a-z and digits, and %(marks)s between them."
+    ) % {**counts, "marks": " ".join(provider.username_punctuation)}
 
 
 class PasswordForm(FlowForm):

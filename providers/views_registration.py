@@ -13,17 +13,20 @@ import functools
 import hashlib
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from http import HTTPStatus
 from typing import Any
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.cache import patch_cache_control
 from django.utils.translation import gettext
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_GET, require_POST
 
-from accounts.services.accounts import AddressTaken, WeakPassword
+from accounts.services.accounts import AddressTaken, DatabaseUnavailable, WeakPassword
 from accounts.services.names import NameRefused
 from portal import ratelimit
 from portal.errors import PortalError
@@ -40,6 +43,8 @@ XML = "text/xml; charset=utf-8"
 _TEMPLATES = "providers/registration/"
 # Refusals of the names (providers.services.suggest.check_name_query), shown at the names.
 _NAME_CODES = ("name_missing", "name_too_long", "invalid_name")
+# The database unreachable, raw or as the account services report it.
+_DB_DOWN = (OperationalError, InterfaceError, DatabaseUnavailable)
 
 
 # ----- answers --------------------------------------------------------------------------------
@@ -80,6 +85,29 @@ def _document(
     return _xml(registration.exit_document(provider=provider, code=code, message=message), status)
 
 
+def _outage(
+    request: HttpRequest, slug: str, provider: Provider | None, error: Exception
+) -> HttpResponse:
+    """The ERROR document (503) when the database cannot be reached: the client waits for XML.
+
+    Nothing was created (create_account keeps nothing it could not finish; a row it could
+    not mark ready is rolled back by the reconciler). The document names the provider's main
+    domain if the provider was read before the database went, else the signed state's.
+    """
+    logger.error("registration %s: database unavailable: %s", slug, type(error).__name__)
+    try:
+        known = registration.read_flow(request.POST.get("state", ""), slug=slug).domain
+    except (FlowInvalid, FlowExpired):
+        known = ""
+    body = registration.exit_document(
+        provider=provider,
+        code="ERROR",
+        message=registration.describe_error(DatabaseUnavailable()),
+        fallback_domain=known,
+    )
+    return _xml(body, HTTPStatus.SERVICE_UNAVAILABLE)
+
+
 def _address_page(
     request: HttpRequest,
     provider: Provider,
@@ -99,9 +127,14 @@ def _address_page(
     return _page(request, provider, "address.html", context, status)
 
 
-def _address_form(provider: Provider, flow: Flow, local_part: str = "") -> AddressForm:
+def _address_form(
+    provider: Provider, flow: Flow, data: Any = None, local_part: str = ""
+) -> AddressForm:
+    """The address step's form; a flow with an onboarding token offers only its domain."""
     return AddressForm(
+        data,
         provider=provider,
+        domains=[flow.domain] if flow.token_ok else None,
         initial={
             "first_name": flow.first_name,
             "last_name": flow.last_name,
@@ -141,8 +174,10 @@ def _flow_problem(request: HttpRequest, provider: Provider, error: PortalError) 
     return _page(request, provider, "restart.html", {"expired": expired}, HTTPStatus.BAD_REQUEST)
 
 
-def _closed(request: HttpRequest, provider: Provider) -> TemplateResponse:
-    return _page(request, provider, "closed.html", status=HTTPStatus.FORBIDDEN)
+def _closed(request: HttpRequest, provider: Provider, *, midway: bool = False) -> TemplateResponse:
+    """The "registration is closed" page; `midway`: met on a later step, so it says that
+    nothing was created."""
+    return _page(request, provider, "closed.html", {"midway": midway}, HTTPStatus.FORBIDDEN)
 
 
 def _limited(request: HttpRequest, provider: Provider) -> TemplateResponse | None:
@@ -187,11 +222,49 @@ def _raw_query(request: HttpRequest) -> bytes:
 # ----- steps ----------------------------------------------------------------------------------
 
 
+def _registration_page(
+    view: Callable[[HttpRequest, Provider], HttpResponse],
+) -> Callable[[HttpRequest, str], HttpResponse]:
+    """What every page does first: find the provider (404 if none). Then `view` runs; the
+    database unreachable anywhere on the way answers the ERROR document, never a 500 page."""
+
+    @functools.wraps(view)
+    def page(request: HttpRequest, slug: str) -> HttpResponse:
+        provider: Provider | None = None
+        try:
+            provider = _provider(slug)
+            return view(request, provider)
+        except _DB_DOWN as exc:
+            return _outage(request, slug, provider, exc)
+
+    return page
+
+
+def _flow_step(
+    view: Callable[[HttpRequest, Provider, Flow], HttpResponse],
+) -> Callable[[HttpRequest, Provider], HttpResponse]:
+    """What every step does next: count the attempt against the rate limit (every step's
+    POST, whatever it carries: no field of the form decides whether it counts), read the
+    signed state. Then `view` runs."""
+
+    @functools.wraps(view)
+    def step(request: HttpRequest, provider: Provider) -> HttpResponse:
+        if limited := _limited(request, provider):
+            return limited
+        try:
+            flow = registration.read_flow(request.POST.get("state", ""), slug=provider.slug)
+        except (FlowInvalid, FlowExpired) as exc:
+            return _flow_problem(request, provider, exc)
+        return view(request, provider, flow)
+
+    return step
+
+
 @strict_page
 @require_GET
-def start(request: HttpRequest, slug: str) -> HttpResponse:
+@_registration_page
+def start(request: HttpRequest, provider: Provider) -> HttpResponse:
     """The entry page a mail client opens with ?email=&first_name=&last_name= (raw values)."""
-    provider = _provider(slug)
     flow, local_part, _domain = registration.start_flow(
         provider=provider, raw_query=_raw_query(request)
     )
@@ -201,32 +274,14 @@ def start(request: HttpRequest, slug: str) -> HttpResponse:
     if gate == Registration.TOKEN:
         return _page(request, provider, "token.html", {"form": TokenForm(), "state": flow.sign()})
     # Only the entry page may take names from the URL's fragment (static/js/registration.js).
-    form = _address_form(provider, flow, local_part)
+    form = _address_form(provider, flow, local_part=local_part)
     return _address_page(request, provider, flow, form, restore_fragment=True)
 
 
-def _flow_step(
-    view: Callable[[HttpRequest, Provider, Flow], HttpResponse],
-) -> Callable[[HttpRequest, str], HttpResponse]:
-    """What every step does first: find the provider, count the attempt against the rate
-    limit ("change address" is no attempt), read the signed state. Then `view` runs."""
-
-    @functools.wraps(view)
-    def step(request: HttpRequest, slug: str) -> HttpResponse:
-        provider = _provider(slug)
-        if not request.POST.get("edit") and (limited := _limited(request, provider)):
-            return limited
-        try:
-            flow = registration.read_flow(request.POST.get("state", ""), slug=slug)
-        except (FlowInvalid, FlowExpired) as exc:
-            return _flow_problem(request, provider, exc)
-        return view(request, provider, flow)
-
-    return step
-
-
+@sensitive_post_parameters("token")
 @strict_page
 @require_POST
+@_registration_page
 @_flow_step
 def token(request: HttpRequest, provider: Provider, flow: Flow) -> HttpResponse:
     form = TokenForm(request.POST)
@@ -250,15 +305,17 @@ def token(request: HttpRequest, provider: Provider, flow: Flow) -> HttpResponse:
 
 @strict_page
 @require_POST
+@_registration_page
 @_flow_step
 def address(request: HttpRequest, provider: Provider, flow: Flow) -> HttpResponse:
-    """Check the chosen address (or an offered alternative); on success, the password step."""
+    """Check the chosen address (typed, or an offered alternative, whose domain counts as
+    well); on success, the password step. "Change address" (`edit`) shows this step again."""
     if request.POST.get("edit"):  # "change address" from the password step: no check
         return _address_page(request, provider, flow, _address_form(provider, flow))
-    form = AddressForm(request.POST, provider=provider)
+    form = _address_form(provider, flow, request.POST)
     if not form.is_valid():
         return _address_page(request, provider, flow, form, status=HTTPStatus.BAD_REQUEST)
-    typed = form.chosen_local_part()
+    typed, domain = form.cleaned_data["local_part"], form.cleaned_data["domain"]
     try:
         chosen = registration.choose_address(
             provider=provider,
@@ -266,33 +323,38 @@ def address(request: HttpRequest, provider: Provider, flow: Flow) -> HttpRespons
             first_name=form.cleaned_data["first_name"],
             last_name=form.cleaned_data["last_name"],
             local_part=typed,
-            domain=form.cleaned_data["domain"],
+            domain=domain,
         )
     except (NameRefused, AddressTaken) as exc:
         form.add_error("local_part", registration.describe_error(exc))
-        named = Flow(
-            slug=flow.slug,
+        named = replace(
+            flow,
             first_name=form.cleaned_data["first_name"],
             last_name=form.cleaned_data["last_name"],
-            domain=form.cleaned_data["domain"],
-            token_id=flow.token_id,
+            local_part="",
+            domain=domain,
         )
         offered = registration.alternatives(provider=provider, flow=named, typed=typed)
         return _address_page(
             request, provider, named, form, alternatives=offered, status=HTTPStatus.BAD_REQUEST
         )
+    except _DB_DOWN:
+        raise
     except PortalError as exc:
         if exc.code == "reg_disabled":
-            return _closed(request, provider)
-        field = "first_name" if exc.code in _NAME_CODES else None
+            return _closed(request, provider, midway=True)
+        field = "first_name" if exc.code in _NAME_CODES else "local_part"
         form.add_error(field, registration.describe_error(exc))
         return _address_page(request, provider, flow, form, status=HTTPStatus.BAD_REQUEST)
     return _password_page(request, provider, chosen)
 
 
+@sensitive_post_parameters("password", "password_again")
 @strict_page
 @require_POST
+@_registration_page
 @_flow_step
+@sensitive_variables()  # the password, and the document that carries it, in every frame below
 def password(request: HttpRequest, provider: Provider, flow: Flow) -> HttpResponse:
     """Create the account; answer its clientConfig with the literal username and password."""
     form = _password_form(provider, request.POST)
@@ -307,24 +369,26 @@ def password(request: HttpRequest, provider: Provider, flow: Flow) -> HttpRespon
         return _password_page(request, provider, flow, form, HTTPStatus.BAD_REQUEST)
     except (AddressTaken, NameRefused) as exc:
         # Taken since it was chosen, or this finished form sent again: nothing was created.
-        retry = AddressForm(
-            {**_address_form(provider, flow).initial, "state": flow.sign()}, provider=provider
-        )
+        shown = {**_address_form(provider, flow).initial, "state": flow.sign()}
+        retry = _address_form(provider, flow, shown)
         retry.is_valid()
+        retry.add_error(None, gettext("No account was created. Choose another address."))
         retry.add_error("local_part", registration.describe_error(exc))
         offered = registration.alternatives(provider=provider, flow=flow, typed=flow.local_part)
         return _address_page(
             request, provider, flow, retry, alternatives=offered, status=HTTPStatus.CONFLICT
         )
+    except _DB_DOWN:
+        raise
     except PortalError as exc:
         if exc.code == "reg_disabled":
-            return _closed(request, provider)
+            return _closed(request, provider, midway=True)
         if exc.code == FlowInvalid.code:
             return _flow_problem(request, provider, exc)
         logger.error("registration %s: %s (%s)", provider.slug, exc.code, exc.message)
-        # The mail server or database (503), or an onboarding token used up meanwhile (410).
+        # The mail server (503), or an onboarding token withdrawn or used up meanwhile.
         return _document(
-            provider, "ERROR", registration.describe_error(exc), HTTPStatus(exc.status)
+            provider, "ERROR", registration.describe_failure(exc), HTTPStatus(exc.status)
         )
     if done.document is None:
         return _page(
@@ -338,9 +402,9 @@ def password(request: HttpRequest, provider: Provider, flow: Flow) -> HttpRespon
 
 @strict_page
 @require_POST
-def leave(request: HttpRequest, slug: str) -> HttpResponse:
+@_registration_page
+def leave(request: HttpRequest, provider: Provider) -> HttpResponse:
     """Cancel (USER_CANCEL, or the goodbye page if the provider chose it) or back (USER_BACK)."""
-    provider = _provider(slug)
     form = ExitForm(request.POST)
     action = form.cleaned_data["action"] if form.is_valid() else "cancel"
     if action == "back":

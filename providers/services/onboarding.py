@@ -35,6 +35,7 @@ from providers.models import (
     ONBOARDING_RANDOM_LENGTH,
     OnboardingToken,
     Provider,
+    ProviderDomain,
     TokenState,
     token_digest,
 )
@@ -58,6 +59,13 @@ CREATED_VIA = "qr"
 class TokenUnknown(Forbidden):
     code = "token_unknown"
     default_message = "This code is not valid. Ask the person who gave it to you for a new one."
+
+
+class TokenOfAnotherProvider(Forbidden):
+    """A real token, but a registration page of another provider was given it."""
+
+    code = "token_other_provider"
+    default_message = "This code belongs to another provider: use it on that provider's page."
 
 
 class TokenRevoked(Forbidden):
@@ -212,20 +220,20 @@ def usable_token(*, secret: str, provider: Provider | None = None) -> Onboarding
     """The token whose secret this is, if it may create an account now (nothing claimed).
 
     With `provider`, only that provider's tokens count. Errors, each its own code:
-    `token_unknown` (403; also another provider's token), `token_revoked` (403),
-    `token_expired` (410), `token_used_up` (410), `approval_required` (403; the provider
-    approves accounts by hand), `reg_disabled` (403; provider disabled or closed),
-    `database_unavailable`.
+    `token_unknown` (403), `token_other_provider` (403; with `provider`, a token of
+    another), `token_revoked` (403), `token_expired` (410), `token_used_up` (410),
+    `approval_required` (403; the provider approves accounts by hand), `reg_disabled` (403;
+    provider disabled or closed), `database_unavailable`.
     """
     try:
         tokens = OnboardingToken.objects.for_secret(secret).select_related("domain__provider")
-        if provider is not None:
-            tokens = tokens.filter(domain__provider=provider)
         token = tokens.first() if secret else None
     except _DB_DOWN as exc:
         raise _database_unavailable("token look-up", exc) from None
     if token is None:
         raise TokenUnknown()
+    if provider is not None and token.domain.provider_id != provider.pk:
+        raise TokenOfAnotherProvider()
     state = token.state(timezone.now())
     if state != TokenState.USABLE:
         raise _REFUSALS[state]()
@@ -257,9 +265,18 @@ def account_expiry(token: OnboardingToken, now: datetime) -> datetime | None:
     return now + token.account_lifetime if token.account_lifetime else None
 
 
-def token_for_flow(token_id: int) -> OnboardingToken:
-    """A token a registration page accepted earlier (by id, from its signed state)."""
-    token = OnboardingToken.objects.select_related("domain__provider").filter(pk=token_id).first()
+def token_for_flow(token_id: int, *, domain: ProviderDomain) -> OnboardingToken:
+    """A token a registration page accepted earlier (by id, from its signed state), if it
+    is for `domain`, where the account is to be made; `token_unknown` if not (or gone),
+    `database_unavailable`."""
+    try:
+        token = (
+            OnboardingToken.objects.select_related("domain__provider")
+            .filter(pk=token_id, domain_id=domain.pk)
+            .first()
+        )
+    except _DB_DOWN as exc:
+        raise _database_unavailable("token look-up", exc) from None
     if token is None:
         raise TokenUnknown()
     return token

@@ -12,6 +12,7 @@ database's unique constraint.
 from __future__ import annotations
 
 import logging
+import unicodedata
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from typing import Any
@@ -19,9 +20,11 @@ from typing import Any
 from django.conf import settings
 from django.core import signing
 from django.utils.translation import gettext
+from django.views.decorators.debug import sensitive_variables
 
 from accounts.services.accounts import (
     AddressTaken,
+    DatabaseUnavailable,
     WeakPassword,
     awaits_approval,
     check_address_available,
@@ -29,6 +32,7 @@ from accounts.services.accounts import (
 )
 from portal.errors import InvalidInput, NotFound, PortalError, ServiceUnavailable
 from providers import autoconfig, provisioner
+from providers.domains import to_unicode
 from providers.models import Provider, ProviderDomain, Registration
 from providers.services import onboarding
 from providers.services.suggest import check_name_query, suggest_addresses
@@ -163,21 +167,22 @@ def start_flow(*, provider: Provider, raw_query: bytes | str) -> tuple[Flow, str
 
 
 def redeem_invitation(*, provider: Provider, flow: Flow, token: str) -> Flow:
-    """The flow with its onboarding token accepted, or InvitationRefused.
+    """The flow with its onboarding token accepted, or InvitationRefused (saying why).
 
     The token (the code's secret, its DCACCOUNT text or URL) must be this provider's and
     able to create an account now; no use is counted until the account is made (register).
+    The flow's address is then at the token's domain, the one it was issued for.
+    `database_unavailable` passes through (not the token's fault).
     """
     secret = token.strip().rsplit("/", 1)[-1].rsplit("t=", 1)[-1]
     try:
         found = onboarding.usable_token(secret=secret, provider=provider)
-    except onboarding.TokenUnknown:
-        logger.info("registration %s: onboarding token refused", provider.slug)
-        raise InvitationRefused(gettext("This onboarding token is not valid.")) from None
+    except DatabaseUnavailable:
+        raise
     except PortalError as exc:
         logger.info("registration %s: onboarding token refused: %s", provider.slug, exc.code)
         raise InvitationRefused(describe_error(exc)) from None
-    return replace(flow, token_id=found.pk)
+    return replace(flow, token_id=found.pk, domain=found.domain.name)
 
 
 def choose_address(
@@ -193,11 +198,14 @@ def choose_address(
 
     Errors: `name_missing`, `name_too_long`, `invalid_name` (the names: the mail client
     needs a real name), `reg_disabled` (closed meanwhile, or the domain is not this
-    provider's), `invalid_username` (the provider's rules, reserved names), `id_exists`.
+    provider's), `invalid_domain` (a flow with an onboarding token: not the token's domain),
+    `invalid_username` (the provider's rules, reserved names), `id_exists`.
     """
     query = check_name_query(first_name=first_name, last_name=last_name)
     row = _domain_row(provider, domain)
     _check_open(provider, flow)
+    if flow.token_ok and row.name != flow.domain:  # redeem_invitation set the token's
+        raise InvalidInput(_token_domain_message(flow.domain), code="invalid_domain")
     normalised = check_address_available(row, local_part)
     return replace(
         flow,
@@ -236,6 +244,7 @@ class Registered:
     document: bytes | None
 
 
+@sensitive_variables()  # the password, and the document and partial that carry it
 def register(*, provider: Provider, flow: Flow, password: str) -> Registered:
     """Create the flow's account with `password`; its clientConfig with the credentials.
 
@@ -245,8 +254,9 @@ def register(*, provider: Provider, flow: Flow, password: str) -> Registered:
     document cannot carry), and create_account's: `reg_disabled`, `invalid_username`,
     `id_exists` (also when the address was taken since it was chosen, or the form is
     replayed), `mailbox_failed`, `database_unavailable`.
-    With an onboarding token accepted on the token step, also `token_unknown`,
-    `token_revoked`, `token_expired`, `token_used_up` (it changed since).
+    With an onboarding token accepted on the token step, also `token_unknown` (gone, or not
+    for this provider and the flow's domain), `token_revoked`, `token_expired`,
+    `token_used_up` (it changed since).
     Side effects: the account and its mailbox (create_account); with a token, one use of
     it, counted as for DCACCOUNT (providers.services.onboarding). Call outside a
     transaction.
@@ -273,7 +283,7 @@ def register(*, provider: Provider, flow: Flow, password: str) -> Registered:
     )
     if flow.token_id:
         # The token's use is counted now, with the account (and given back if it fails).
-        token = onboarding.token_for_flow(flow.token_id)
+        token = onboarding.token_for_flow(flow.token_id, domain=row)
         with onboarding.claimed_use(token) as now:
             account = create(
                 token_ok=True,
@@ -290,9 +300,18 @@ def register(*, provider: Provider, flow: Flow, password: str) -> Registered:
     )
 
 
-def exit_document(*, provider: Provider, code: str, message: str) -> bytes:
-    """The account provisioner's USER_BACK / USER_CANCEL / ERROR document for this provider."""
-    return autoconfig.error_document(provider.primary_domain or "invalid", code, message)
+def exit_document(
+    *, provider: Provider | None, code: str, message: str, fallback_domain: str = ""
+) -> bytes:
+    """The account provisioner's USER_BACK / USER_CANCEL / ERROR document for this provider.
+
+    Named by the provider's main domain, read from the domains provider_for_page fetched
+    (no query: this also answers when the database is gone); without a provider (it could
+    not be read), by `fallback_domain`.
+    """
+    domains = _domains(provider) if provider is not None else []
+    domain = domains[0].name if domains else fallback_domain
+    return autoconfig.error_document(domain or "invalid", code, message)
 
 
 def describe_error(error: PortalError) -> str:
@@ -312,11 +331,44 @@ def describe_error(error: PortalError) -> str:
         "name_missing": gettext("Enter your first or last name: your mail program shows it."),
         "name_too_long": gettext("A name part may have at most 200 characters."),
         "invalid_name": gettext("A name cannot hold control characters."),
+        onboarding.TokenUnknown.code: gettext("This onboarding token is not valid."),
+        onboarding.TokenOfAnotherProvider.code: gettext(
+            "This onboarding token belongs to another provider: use it on that provider's "
+            "registration page."
+        ),
         onboarding.TokenRevoked.code: gettext("This onboarding token has been withdrawn."),
         onboarding.TokenExpired.code: gettext("This onboarding token has expired."),
         onboarding.TokenUsedUp.code: gettext("This onboarding token has been used up."),
+        onboarding.ApprovalRequired.code: gettext(
+            "This provider approves every new account by hand, so an onboarding token cannot "
+            "create one."
+        ),
     }
     return messages.get(error.code, error.message)
+
+
+def describe_failure(error: PortalError) -> str:
+    """describe_error for the ERROR document of the last step: says that nothing was created.
+
+    For register's errors that end the flow (the others are shown on the page): the mail
+    server, the database, the provider's settings (describe_error says it already), and an
+    onboarding token that changed since the token step.
+    """
+    messages = {
+        onboarding.TokenUnknown.code: gettext(
+            "This onboarding token is no longer valid; nothing was created."
+        ),
+        onboarding.TokenRevoked.code: gettext(
+            "This onboarding token has been withdrawn meanwhile; nothing was created."
+        ),
+        onboarding.TokenExpired.code: gettext(
+            "This onboarding token has expired meanwhile; nothing was created."
+        ),
+        onboarding.TokenUsedUp.code: gettext(
+            "This onboarding token has been used up meanwhile; nothing was created."
+        ),
+    }
+    return messages.get(error.code) or describe_error(error)
 
 
 def _check_open(provider: Provider, flow: Flow) -> None:
@@ -337,6 +389,28 @@ def _domain_row(provider: Provider, domain: str) -> ProviderDomain:
     raise InvalidInput(gettext("Choose one of the provider's domains."), code="reg_disabled")
 
 
+def _token_domain_message(domain: str) -> str:
+    return gettext("Your onboarding token is for addresses at %(domain)s.") % {
+        "domain": to_unicode(domain)
+    }
+
+
+# Format characters that are part of how names are written: the zero-width non-joiner
+# (Persian, Kurdish; German ligature control) and the zero-width joiner (Indic scripts,
+# emoji sequences). Every other format character goes: bidi embeddings, overrides and
+# isolates (U+202A-U+202E, U+2066-U+2069) that make a name display as something else, the
+# bidi marks, soft hyphens, byte-order marks.
+_KEPT_FORMAT = frozenset({"\u200c", "\u200d"})
+
+
 def _printable(value: str) -> str:
-    """`value` without control characters (a raw URL may carry any byte)."""
-    return "".join(char for char in value if char.isprintable()).strip()
+    """A raw name from the entry URL, safe to show and keep: every kind of space (no-break,
+    thin, line separator) becomes a plain space; controls (Cc), format characters other
+    than the joiners, surrogates, private-use and unassigned code points are dropped."""
+    kept = []
+    for char in value:
+        if unicodedata.category(char) in ("Zs", "Zl", "Zp"):
+            kept.append(" ")
+        elif char.isprintable() or char in _KEPT_FORMAT:
+            kept.append(char)
+    return "".join(kept).strip()

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 import pytest
 import time_machine
 from django.core import signing
-from django.utils import timezone
+from django.utils import timezone, translation
 
 from accounts.models import AccountStatus, MailAccount
 from accounts.services.accounts import AddressTaken, RegistrationDisabled, create_account
@@ -22,6 +23,13 @@ from providers.services.registration import Flow, FlowExpired, FlowInvalid
 PASSWORD = "Balcony-at-midnight-42"
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _english() -> Iterator[None]:
+    # A page test before may have left German active in this thread (LocaleMiddleware).
+    with translation.override("en"):
+        yield
 
 
 @pytest.fixture
@@ -108,6 +116,41 @@ def test_start_flow_drops_control_characters_from_the_names(provider: Provider) 
     assert (flow.first_name, flow.last_name) == ("Juliet", "Capulet")
 
 
+@pytest.mark.parametrize(
+    ("raw", "name"),
+    [
+        # Persian "Mehrnaz": the zero-width non-joiner is part of the spelling.
+        (
+            "\u0645\u0647\u0631\u200c\u0646\u0627\u0632",
+            "\u0645\u0647\u0631\u200c\u0646\u0627\u0632",
+        ),
+        # A family emoji is joined by zero-width joiners; the variation selector stays.
+        (
+            "Ana \U0001f468\u200d\U0001f469\u200d\U0001f467 \u2764\ufe0f",
+            "Ana \U0001f468\u200d\U0001f469\u200d\U0001f467 \u2764\ufe0f",
+        ),
+        # No-break, thin and ideographic spaces and a line separator become plain spaces.
+        ("Jean\u00a0Paul\u2009Marie\u3000Anne\u2028Lise", "Jean Paul Marie Anne Lise"),
+        ("\u00a0Juliet\u00a0", "Juliet"),
+        # Bidi overrides, embeddings, isolates and marks would make the name display as
+        # something else; byte-order marks, soft hyphens, private use: gone too.
+        ("Juliet\u202egnp.exe", "Julietgnp.exe"),
+        ("\u2066Ju\u202aliet\u202c\u2069\u200f\u061c", "Juliet"),
+        ("\ufeffJu\u00adli\ue000et", "Juliet"),
+    ],
+)
+def test_start_flow_keeps_the_joiners_of_names_and_turns_spaces_into_spaces(
+    provider: Provider, raw: str, name: str
+) -> None:
+    # Raw UTF-8 on the wire, as a mail client sends it.
+    query = b"first_name=" + raw.encode("utf-8") + b"&last_name=Capulet"
+
+    flow, _, _ = registration.start_flow(provider=provider, raw_query=query)
+
+    assert flow.first_name == name
+    assert flow.last_name == "Capulet"
+
+
 def test_choose_address_normalises_and_keeps_the_names(provider: Provider) -> None:
     flow = chosen(provider, "Juliet")
 
@@ -158,16 +201,52 @@ def token_provider(make_provider: Callable[..., Provider]) -> Provider:
     return make_provider(domains=("example.org",), registration="token")
 
 
-def test_an_unknown_or_another_providers_token_is_refused(
+def test_an_unknown_or_another_providers_token_is_refused_saying_which(
     token_provider: Provider, make_provider: Callable[..., Provider], make_token: Any
 ) -> None:
     other = make_provider(domains=("other.example",), registration="token")
     foreign = make_token(domain=other.domains.get())
     flow = Flow(slug=token_provider.slug)
 
-    for secret in ("not-a-token", foreign.secret):
-        with pytest.raises(registration.InvitationRefused, match="not valid"):
-            registration.redeem_invitation(provider=token_provider, flow=flow, token=secret)
+    with pytest.raises(registration.InvitationRefused, match="not valid"):
+        registration.redeem_invitation(provider=token_provider, flow=flow, token="not-a-token")
+    with pytest.raises(registration.InvitationRefused, match="belongs to another provider"):
+        registration.redeem_invitation(provider=token_provider, flow=flow, token=foreign.secret)
+    foreign.token.refresh_from_db()
+    assert foreign.token.use_count == 0
+
+
+def test_a_token_flow_registers_only_at_the_tokens_domain(
+    make_provider: Callable[..., Provider], make_token: Any
+) -> None:
+    provider = make_provider(domains=("example.org", "example.net"), registration="token")
+    issued = make_token(domain=provider.domains.get(name="example.net"))
+
+    flow = registration.redeem_invitation(
+        provider=provider, flow=Flow(slug=provider.slug, domain="example.org"),
+        token=issued.secret,
+    )  # fmt: skip
+
+    assert flow.domain == "example.net"
+    with pytest.raises(InvalidInput) as refused:
+        registration.choose_address(
+            provider=provider, flow=flow, first_name="Juliet", last_name="",
+            local_part="juliet", domain="example.org",
+        )  # fmt: skip
+    assert refused.value.code == "invalid_domain"
+    # A state that claims the token for the other domain (only our signature could make
+    # one) creates nothing either: the token is looked up for the account's domain.
+    forged = replace(flow, local_part="juliet", domain="example.org")
+    with pytest.raises(PortalError) as unknown:
+        registration.register(provider=provider, flow=forged, password=PASSWORD)
+    assert unknown.value.code == "token_unknown"
+    assert not MailAccount.objects.exists()
+    issued.token.refresh_from_db()
+    assert issued.token.use_count == 0
+    done = registration.register(
+        provider=provider, flow=replace(flow, local_part="juliet"), password=PASSWORD
+    )
+    assert done.address == "juliet@example.net"
 
 
 def test_an_accepted_token_is_counted_once_with_the_account_it_makes(
