@@ -14,11 +14,11 @@ from typing import Any
 
 import defusedxml.ElementTree as DET
 import pytest
-from imapclient import IMAPClient
 
-from accounts.dovecot import LOOPBACK, PrivateDovecot
+from accounts.dovecot import PrivateDovecot
 from accounts.services.accounts import create_account
 from providers.models import Provider
+from tests.e2e.registration import imap_logs_in
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -45,17 +45,6 @@ def shoot(page: Any, folder: Path, name: str) -> Path:
         page.screenshot(path=str(Path(SCREENSHOTS) / f"registration-{name}.png"), full_page=True)
     assert path.stat().st_size > 1000
     return path
-
-
-def logs_in(dovecot: PrivateDovecot, username: str, password: str) -> bool:
-    client = IMAPClient(LOOPBACK, port=dovecot.port, ssl=False, timeout=15)
-    try:
-        client.plain_login(username, password)
-        return True
-    except Exception:
-        return False
-    finally:
-        client.logout()
 
 
 @pytest.fixture
@@ -114,8 +103,8 @@ def test_a_person_registers_in_chromium_and_the_credentials_log_in_to_dovecot(
     incoming = root.find("emailProvider/incomingServer")
     username, password = incoming.findtext("username"), incoming.findtext("password")
     assert (username, password) == ("juliet.capulet@example.org", PASSWORD)
-    assert logs_in(dovecot, username, password)
-    assert not logs_in(dovecot, username, PASSWORD + "x")
+    assert imap_logs_in(dovecot, username, password)
+    assert not imap_logs_in(dovecot, username, PASSWORD + "x")
 
 
 def test_cancel_in_chromium_ends_in_user_cancel(

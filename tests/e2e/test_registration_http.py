@@ -27,8 +27,10 @@ import pytest
 from accounts import cpe3
 from accounts.dovecot import PrivateDovecot
 from accounts.models import MailAccount
+from accounts.services.accounts import create_account
 from providers.models import Provider
 from tests.conftest import form_values, http_post_json
+from tests.e2e.registration import imap_logs_in
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -80,23 +82,40 @@ class Browserless:
 
 
 def test_the_flow_completes_over_plain_http_without_javascript(
-    live_server: Any, provider: Provider
+    live_server: Any, provider: Provider, dovecot: PrivateDovecot
 ) -> None:
+    """The browser test's flow, by a client that runs no script: taken address, an
+    alternative chosen, a weak password refused, then credentials that log in to Dovecot."""
+    create_account(
+        domain="example.org", local_part="juliet", password="Someone-elses-99", created_via="admin"
+    )
     client = Browserless(live_server.url)
-    page = client.to_password_step("juliet")
-    assert b"<script" not in page  # nothing on the page needs a script
+    status, _, entry = client.request(
+        "/register/example/?email=juliet@example.org&first_name=Juliet&last_name=Capulet"
+    )
+    assert status == HTTPStatus.OK
 
-    status, headers, body = client.finish(page, PASSWORD)
+    status, _, taken = client.request("/register/example/address", form_values(entry, "/address"))
+    assert status == HTTPStatus.BAD_REQUEST
+    assert b"This address is already taken." in taken
+    choice = form_values(taken, "/address") | {"choose": "juliet.capulet@example.org"}
+    status, _, step = client.request("/register/example/address", choice)
+    assert status == HTTPStatus.OK
+    assert b"<script" not in step  # nothing on the page needs a script
+    status, _, weak = client.finish(step, "password")
+    assert status == HTTPStatus.BAD_REQUEST
+    assert b"This password is too common." in weak
+    status, headers, body = client.finish(weak, PASSWORD)
 
     assert status == HTTPStatus.OK
     assert headers["Content-Type"] == "text/xml; charset=utf-8"
-    assert headers["X-Thunderbird-Account-Email"] == "juliet@example.org"
+    assert headers["X-Thunderbird-Account-Email"] == "juliet.capulet@example.org"
     server = DET.fromstring(body).find("emailProvider/incomingServer")
-    assert (server.findtext("username"), server.findtext("password")) == (
-        "juliet@example.org",
-        PASSWORD,
-    )
-    assert MailAccount.objects.get().address == "juliet@example.org"
+    username, password = server.findtext("username"), server.findtext("password")
+    assert (username, password) == ("juliet.capulet@example.org", PASSWORD)
+    assert imap_logs_in(dovecot, username, password)
+    assert not imap_logs_in(dovecot, username, PASSWORD + "x")
+    assert MailAccount.objects.filter(local_part="juliet.capulet").count() == 1
 
 
 def test_a_post_without_the_csrf_cookie_is_refused_over_http(
