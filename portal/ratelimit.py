@@ -49,8 +49,8 @@ REGISTRATION_VERIFY = Policy(
 )
 
 # Hosted registration pages (/register/<slug>/): each client address may make
-# REGISTRATION_PAGE_RATE attempts (30 an hour) in a fixed window: every POST that checks an
-# onboarding token, an address or a password counts, accepted or not. Enough for a person
+# REGISTRATION_PAGE_RATE attempts (30 an hour) in a fixed window: every POST of the token,
+# address and password steps counts ("change address" too), accepted or not. Enough for a person
 # who mistypes a few times; stops one host from probing which names exist or filling a
 # domain with accounts. Leaving the flow (cancel, back) is never counted.
 REGISTRATION_PAGES = Policy(group="providers.register_page", rate_setting="REGISTRATION_PAGE_RATE")
