@@ -114,6 +114,12 @@ def sessions(dovecot: PrivateDovecot, address: str) -> int:
     return sum(1 for s in dovecot.sessions() if s.username == address)
 
 
+def dovecot_said(dovecot: PrivateDovecot, address: str, pid: int) -> str:
+    """What Dovecot logged about the IMAP session of `address` in process `pid`."""
+    log = dovecot.log_path.read_text(encoding="utf-8", errors="replace")
+    return "\n".join(line for line in log.splitlines() if f"imap({address})<{pid}>" in line)
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -215,11 +221,15 @@ def test_delete_logs_the_session_out_without_a_reconnect_push(
 ) -> None:
     created = subscribe(client, push_service, username=account, port=dovecot.port).json()
     assert wait_until(lambda: sessions(dovecot, account) == 1)
+    [watched] = [s.pid for s in dovecot.sessions() if s.username == account]
 
     answer = client.delete(f"{URL}/{created['id']}", **auth(created["token"]))
 
     assert answer.status_code == HTTPStatus.NO_CONTENT
     assert wait_until(lambda: sessions(dovecot, account) == 0, timeout=5)
+    # Logged out (our LOGOUT answered), not merely disconnected.
+    assert wait_until(lambda: "Disconnected: " in dovecot_said(dovecot, account, watched))
+    assert "Disconnected: Logged out" in dovecot_said(dovecot, account, watched)
     time.sleep(1.0)
     assert push_service.received == []
     assert client.get(f"{URL}/{created['id']}", **auth(created["token"])).status_code == 404
