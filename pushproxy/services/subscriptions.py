@@ -291,6 +291,17 @@ def end_subscription(*, public_id: str, token: str) -> None:
         raise NotFound("No such subscription.")
 
 
+def delete_subscriptions(queryset: Any) -> int:
+    """Operator's delete (admin): the rows go; the sessions of live ones log out, without a
+    push, as for the API's DELETE. Returns the number deleted."""
+    with transaction.atomic():
+        live = list(queryset.filter(status__in=LIVE).only("public_id", "monitor"))
+        for sub in live:
+            transaction.on_commit(functools.partial(stop_session, sub))
+        deleted, _by_model = queryset.delete()
+    return int(deleted)
+
+
 def end_subscriptions(queryset: Any, *, reason: str = "ended_by_operator") -> tuple[int, int]:
     """Operator's end (admin): live ones end, their sessions log out, and each gets a
     reconnect push with `reason`. Returns (ended, skipped: not live)."""
