@@ -86,7 +86,9 @@ def login_error(code: str) -> LoginFailed:
 
 
 class PlaintextRefused(InvalidInput):
+    # 422 like egress_refused: a well-formed request this server's policy refuses.
     code = "plaintext_refused"
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
     default_message = "This server accepts only TLS or STARTTLS for IMAP."
 
 
