@@ -13,8 +13,9 @@ literals it announces) at most MAX_RESPONSE bytes, the whole login at most MAX_L
 one command's untagged answers at most MAX_EVENTS; beyond that the login fails or the
 session ends (`protocol`).
 
-Pure of Django: the caller passes timeouts and the connect function. Works the same in OS
-threads and in gevent greenlets (after monkey-patching, sockets are cooperative).
+Pure of Django but for the privacy-mode key of `Mailbox.account_key`: the caller passes
+timeouts and the connect function. Works the same in OS threads and in gevent greenlets
+(after monkey-patching, sockets are cooperative).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import hmac
 import imaplib
 import re
 import select
@@ -104,9 +106,26 @@ class Mailbox:
     @property
     def account_key(self) -> str:
         """SHA-256 of lower-cased host, port, lower-cased user and mailbox (specs/push-proxy.md):
-        the same IMAP account and mailbox always has the same key, whoever asks."""
+        the same IMAP account and mailbox always has the same key, whoever asks.
+
+        In privacy mode (PUSHPROXY_PRIVACY) an HMAC-SHA256 of the same text under a key
+        derived from SECRET_KEY: the key is stored, and a plain hash of a guessable address
+        would tell anyone holding the database who subscribed."""
         text = "\0".join([self.host.lower(), str(self.port), self.username.lower(), self.mailbox])
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+        secret = _privacy_key()
+        if secret is None:
+            return hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return hmac.new(secret, text.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def _privacy_key() -> bytes | None:
+    """The account keys' HMAC key in privacy mode, else None (also without Django settings,
+    as in bench/)."""
+    from django.conf import settings
+
+    if not settings.configured or not getattr(settings, "PUSHPROXY_PRIVACY", False):
+        return None
+    return hashlib.sha256(b"pushproxy account key\0" + settings.SECRET_KEY.encode()).digest()
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -477,3 +478,28 @@ def test_an_interrupted_tls_session_logs_out_in_greenlets_too() -> None:
         assert server.logouts == 1
     finally:
         server.stop()
+
+
+def test_inbox_is_one_mailbox_whatever_its_case() -> None:
+    lower = imap.Mailbox("imap.example.org", 993, "tls", "juliet@example.org", "inbox")
+    assert lower.mailbox == "INBOX"
+    assert (
+        lower.account_key
+        == imap.Mailbox("imap.example.org", 993, "tls", "juliet@example.org").account_key
+    )
+    assert imap.Mailbox("h", 993, "tls", "u", "Archive").mailbox == "Archive"
+
+
+def test_privacy_mode_account_keys_are_keyed(settings: Any) -> None:
+    import hashlib
+
+    mailbox = imap.Mailbox("imap.example.org", 993, "tls", "juliet@example.org")
+    plain = hashlib.sha256(b"imap.example.org\x00993\x00juliet@example.org\x00INBOX").hexdigest()
+    assert mailbox.account_key == plain
+    settings.PUSHPROXY_PRIVACY = True
+    keyed = mailbox.account_key
+    assert keyed != plain and len(keyed) == 64
+    upper = imap.Mailbox("IMAP.example.org", 993, "tls", "Juliet@example.org")
+    assert upper.account_key == keyed  # still one key per account
+    settings.SECRET_KEY = "another secret key of sufficient length"
+    assert mailbox.account_key != keyed
