@@ -326,6 +326,15 @@ def test_connect_timeout_fires_on_an_address_that_never_answers(
     assert 0.9 < time.monotonic() - started < 1.8
 
 
+def _two_black_holes(settings: Any, blackhole: Callable[[str, int], int], name: str) -> int:
+    """`name` resolves to 127.0.0.1 and 127.0.0.2, neither answering on the port returned."""
+    settings.PORTAL_EGRESS_ALLOW = [ipaddress.ip_network("127.0.0.0/8")]
+    port = blackhole("127.0.0.1", 0)
+    blackhole("127.0.0.2", port)
+    resolver.ANSWERS[name] = ["127.0.0.1,127.0.0.2"]
+    return port
+
+
 @pytest.mark.parametrize(
     ("connect_timeout", "total_timeout"), [(1.0, 5.0), (5.0, 1.0)], ids=["connect", "total"]
 )
@@ -335,10 +344,7 @@ def test_the_connect_timeout_and_the_deadline_cover_all_addresses_together(
     connect_timeout: float,
     total_timeout: float,
 ) -> None:
-    settings.PORTAL_EGRESS_ALLOW = [ipaddress.ip_network("127.0.0.0/8")]
-    port = blackhole("127.0.0.1", 0)
-    blackhole("127.0.0.2", port)
-    resolver.ANSWERS["two.test"] = ["127.0.0.1,127.0.0.2"]
+    port = _two_black_holes(settings, blackhole, "two.test")
     started = time.monotonic()
     with egress.watching() as attempts, pytest.raises(netguard.EgressError) as caught:
         _post(
@@ -354,10 +360,7 @@ def test_the_connect_timeout_and_the_deadline_cover_all_addresses_together(
 def test_imap_connect_timeout_covers_all_addresses_together(
     settings: Any, blackhole: Callable[[str, int], int]
 ) -> None:
-    settings.PORTAL_EGRESS_ALLOW = [ipaddress.ip_network("127.0.0.0/8")]
-    port = blackhole("127.0.0.1", 0)
-    blackhole("127.0.0.2", port)
-    resolver.ANSWERS["imap.two.test"] = ["127.0.0.1,127.0.0.2"]
+    port = _two_black_holes(settings, blackhole, "imap.two.test")
     started = time.monotonic()
     with pytest.raises(netguard.EgressError) as caught:
         netguard.connect("imap.two.test", port, allowed_ports=netguard.IMAP_PORTS, timeout=1.0)
