@@ -136,9 +136,10 @@ def subscribe(
     credentials to the owning monitor's `watch` and waits PUSHPROXY_LOGIN_WAIT_SECONDS.
 
     Returns the active subscription (or a pending one if the wait ran out: the outcome is
-    then recorded and, if a failure, pushed). A failed login raises LoginFailed with its
-    code and leaves no row behind. A second subscription for the same slot replaces the
-    first once its login succeeds.
+    then recorded and, if a failure, pushed; `expire_pending` fails it if none comes). A
+    failed login raises LoginFailed with its code and leaves no row behind, and so does a
+    hand-off the broker refuses (`push_unavailable`, 503). A second subscription for the
+    same slot replaces the first once its login succeeds.
     """
     if mailbox.security == imap.PLAIN and not settings.PUSHPROXY_ALLOW_PLAINTEXT:
         raise PlaintextRefused()
