@@ -12,8 +12,10 @@ hosts of the push proxy) goes through here (RELIABILITY.md, "Design consequences
 3. the socket connects to the checked address itself, never to the name again (no second
    resolution, so DNS rebinding between check and connect has nothing to change); TLS still
    verifies the certificate for the name;
-4. HTTP: no redirect is followed (a 3xx is the answer), the answer is read up to a size cap,
-   connect and read have their own timeouts and the whole exchange a deadline.
+4. HTTP: no redirect is followed (a 3xx is the answer), the answer is read up to a size cap;
+   connecting (all addresses together) has its own time limit, every read one too, and the
+   whole exchange (connect, TLS, request, headers, body) a wall-clock deadline that every
+   socket operation honours, so an answer dripping a byte at a time cannot outlast it.
 
 `PORTAL_EGRESS_ALLOW` names networks that may be reached although not global (tests:
 127.0.0.0/8); inside them any port is allowed. Names that `ipaddress` rejects but the C
@@ -24,6 +26,7 @@ and so checked as the address they really are.
 from __future__ import annotations
 
 import http.client
+import io
 import ipaddress
 import logging
 import socket
@@ -236,20 +239,30 @@ def connect(
 ) -> socket.socket:
     """A TCP connection to a checked address of `host` (resolved now, every answer checked).
 
-    Tries the addresses in order; EgressRefused / UnresolvableHost before any connection,
-    EgressError if none answers.
+    Tries the addresses in order, all of them within `timeout`; EgressRefused /
+    UnresolvableHost before any connection, EgressError if none answers.
     """
     addresses = resolve(host, port)
     check_port(addresses, port, allowed_ports)
-    return _connect_any(addresses, port, timeout)
+    return _connect_any(addresses, port, time.monotonic() + timeout)
 
 
-def _connect_any(addresses: Iterable[Address], port: int, timeout: float) -> socket.socket:
+def _connect_any(addresses: Iterable[Address], port: int, deadline: float) -> socket.socket:
+    """A connection to the first address that answers before `deadline` (time.monotonic).
+
+    The time left is shared out: each address gets its part of it (the rest once the
+    earlier ones failed), so one that never answers cannot use up the others' time.
+    """
+    candidates = list(addresses)
     last: OSError | None = None
-    for address in addresses:
+    for index, address in enumerate(candidates):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            last = TimeoutError()
+            break
         family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
+        sock.settimeout(left / (len(candidates) - index))
         try:
             sock.connect((str(address), port))
         except OSError as exc:
@@ -257,9 +270,67 @@ def _connect_any(addresses: Iterable[Address], port: int, timeout: float) -> soc
             last = exc
             continue
         return sock
-    if isinstance(last, TimeoutError | socket.timeout):
+    if isinstance(last, TimeoutError):
         raise EgressError("timeout", f"connecting to port {port} timed out")
     raise EgressError("connect", f"cannot connect to port {port}: {type(last).__name__}")
+
+
+class _Deadline:
+    """The end of one exchange: each socket operation waits at most until then (and a
+    receive at most `read_timeout` too); TimeoutError once it has passed."""
+
+    def __init__(self, seconds: float, read_timeout: float) -> None:
+        self.at = time.monotonic() + seconds
+        self.read_timeout = read_timeout
+
+    def left(self, cap: float | None = None) -> float:
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        return left if cap is None else min(left, cap)
+
+
+class _BoundedSocket:
+    """A connected (TLS) socket as http.client sees it, every send and receive bounded by
+    the exchange's deadline: http.client reads headers through `makefile` line by line, and
+    a socket timeout alone bounds each receive, not their sum."""
+
+    def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            self._sock.settimeout(self._deadline.left(self._deadline.read_timeout))
+            view = view[self._sock.send(view) :]
+
+    def recv_into(self, buffer: Any, nbytes: int = 0) -> int:
+        self._sock.settimeout(self._deadline.left(self._deadline.read_timeout))
+        return self._sock.recv_into(buffer, nbytes)
+
+    def makefile(self, mode: str = "r", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        if mode != "rb":
+            raise ValueError("only binary reading")
+        return io.BufferedReader(_BoundedReader(self))
+
+    def close(self) -> None:
+        """Nothing yet: http.client closes the connection as soon as an answer says it
+        will close, before its body is read; `request` closes the socket when done."""
+
+    def close_socket(self) -> None:
+        self._sock.close()
+
+
+class _BoundedReader(io.RawIOBase):
+    def __init__(self, sock: _BoundedSocket) -> None:
+        self._bounded = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._bounded.recv_into(buffer)
 
 
 @dataclass(frozen=True)
@@ -270,18 +341,30 @@ class Response:
 
 
 class _PinnedConnection(http.client.HTTPConnection):
-    """An HTTP(S) connection to one given socket: no resolution of its own."""
+    """An HTTP(S) connection to one given socket (no resolution of its own), every
+    operation within `deadline`, the TLS handshake included."""
 
-    def __init__(self, target: Target, sock: socket.socket, tls: ssl.SSLContext | None) -> None:
+    def __init__(
+        self, target: Target, sock: socket.socket, tls: ssl.SSLContext | None, deadline: _Deadline
+    ) -> None:
         super().__init__(target.host, target.port)
         self._pinned = sock
         self._tls = tls
+        self._deadline = deadline
+        self.bounded: _BoundedSocket | None = None
 
     def connect(self) -> None:
         sock = self._pinned
         if self._tls is not None:
-            sock = self._tls.wrap_socket(sock, server_hostname=self.host)
-        self.sock = sock
+            sock = self._tls.wrap_socket(
+                sock, server_hostname=self.host, do_handshake_on_connect=False
+            )
+            # A handshake's timeout is one limit for the whole of it (CPython's _ssl).
+            sock.settimeout(self._deadline.left(self._deadline.read_timeout))
+            self.bounded = _BoundedSocket(sock, self._deadline)  # closed by `request`
+            sock.do_handshake()
+        self.bounded = _BoundedSocket(sock, self._deadline)
+        self.sock = self.bounded
 
 
 def request(
@@ -306,33 +389,28 @@ def request(
     than `max_bytes`.
     """
     target = check_url(url, allow_http=allow_http)
-    deadline = time.monotonic() + total_timeout
-    sock = _connect_any(target.addresses, target.port, min(connect_timeout, total_timeout))
+    deadline = _Deadline(total_timeout, read_timeout)
+    connect_by = min(time.monotonic() + connect_timeout, deadline.at)
+    sock = _connect_any(target.addresses, target.port, connect_by)
     context = None
     if target.scheme == "https":
         context = tls or ssl.create_default_context()
-    connection = _PinnedConnection(target, sock, context)
+    connection = _PinnedConnection(target, sock, context, deadline)
     try:
-        sock.settimeout(_remaining(deadline, read_timeout))
         try:
             connection.connect()
         except ssl.SSLError as exc:
             raise EgressError("tls", f"TLS with {target.host} failed: {exc.reason}") from None
-        # http.client drops connection.sock once an answer says it closes; keep our own.
-        live = connection.sock
-        assert live is not None  # noqa: S101 - set by connect() just above
         connection.putrequest(method, target.path, skip_host=True, skip_accept_encoding=True)
         connection.putheader("Host", target.host_header)
         for name, value in headers.items():
             connection.putheader(name, value)
         connection.putheader("Content-Length", str(len(body)))
         connection.endheaders(body)
-        live.settimeout(_remaining(deadline, read_timeout))
         answer = connection.getresponse()
         chunks: list[bytes] = []
         size = 0
         while True:
-            live.settimeout(_remaining(deadline, read_timeout))
             chunk = answer.read1(16_384)
             if not chunk:
                 break
@@ -353,11 +431,6 @@ def request(
         ) from None
     finally:
         connection.close()
+        if connection.bounded is not None:
+            connection.bounded.close_socket()
         sock.close()
-
-
-def _remaining(deadline: float, cap: float) -> float:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("deadline passed")
-    return min(left, cap)

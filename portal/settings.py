@@ -623,6 +623,10 @@ PUSHPROXY_IDLE_SECONDS = 25 * 60
 PUSHPROXY_COMMAND_TIMEOUT = 30.0
 PUSHPROXY_LOGIN_TIMEOUT = 15.0
 PUSHPROXY_COALESCE_SECONDS = 0.05
+# A subscription still pending this long after its request will not log in any more (the
+# sealed hand-off lives 30 s, a login step at most PUSHPROXY_LOGIN_TIMEOUT): it is failed
+# with push_unavailable and its app told (services/subscriptions.expire_pending).
+PUSHPROXY_PENDING_SECONDS = 60
 # A monitor whose heartbeat is older than this is not handed new sessions.
 PUSHPROXY_HEARTBEAT_SECONDS = 10
 PUSHPROXY_MONITOR_STALE_SECONDS = 35
@@ -644,6 +648,12 @@ PUSH_LOGIN_RATE = "10/m"
 # Push senders: ordinary workers (`celery -A portal worker -Q push`). The monitor's own
 # commands (watch, stop, drain) go to its queue idle.<worker-id>, chosen per call.
 CELERY_TASK_ROUTES["pushproxy.deliver_push"] = {"queue": "push"}
+# Pending push subscriptions whose hand-off nobody took (monitor gone, message expired)
+# end as failed, with a reconnect push (every 30 s; also checked when one is read).
+CELERY_BEAT_SCHEDULE["expire-push-logins"] = {
+    "task": "pushproxy.expire_pending",
+    "schedule": 30.0,
+}
 
 # ---------------------------------------------------------------------------------------------
 # Logging: one line per event on stderr; the process manager collects it.

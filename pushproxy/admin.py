@@ -66,6 +66,18 @@ class PushSubscriptionAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def has_end_permission(self, request: HttpRequest) -> bool:
+        # Ending logs sessions out and pushes: the model's change permission (the form
+        # itself stays read-only for everyone, see has_change_permission).
+        return request.user.has_perm("pushproxy.change_pushsubscription")
+
+    def delete_model(self, request: HttpRequest, obj: PushSubscription) -> None:
+        subscriptions.delete_subscriptions(PushSubscription.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[PushSubscription]) -> None:
+        # Like the API's DELETE: a live subscription's session logs out (no push).
+        subscriptions.delete_subscriptions(queryset)
+
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[PushSubscription], search_term: str
     ) -> tuple[QuerySet[PushSubscription], bool]:
@@ -90,7 +102,10 @@ class PushSubscriptionAdmin(admin.ModelAdmin):
     def reconnect_endpoint(self, sub: PushSubscription) -> str:
         return f"{sub.get_reconnect_format_display()} to {sub.endpoint_host('reconnect')}"
 
-    @admin.action(description="End selected subscriptions (logs out, sends the reconnect push)")
+    @admin.action(
+        description="End selected subscriptions (logs out, sends the reconnect push)",
+        permissions=["end"],
+    )
     def end_selected(self, request: HttpRequest, queryset: QuerySet[PushSubscription]) -> None:
         ended, skipped = subscriptions.end_subscriptions(queryset)
         self.message_user(

@@ -40,6 +40,14 @@ def drain(*, notify: bool = False, reopen: bool = True) -> int:
     return watching.drain(notify=notify, reopen=reopen)
 
 
+@shared_task(name="pushproxy.expire_pending", ignore_result=True)
+def expire_pending() -> int:
+    """Every 30 s (CELERY_BEAT_SCHEDULE): subscriptions.expire_pending."""
+    from pushproxy.services import subscriptions  # services import this module
+
+    return subscriptions.expire_pending()
+
+
 @shared_task(
     bind=True,
     name="pushproxy.deliver_push",

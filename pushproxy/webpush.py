@@ -8,6 +8,8 @@ through the one outbound guard.
 from __future__ import annotations
 
 import base64
+import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,17 +136,29 @@ def application_server_key(key: ec.EllipticCurvePrivateKey) -> str:
     )
 
 
+class ExposedKeyFile(ValueError):
+    """The VAPID key file may be read by others than its owner."""
+
+
 def load_or_create_vapid_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    """The key kept in `path`, created (mode 0600) on first use: one-machine deployments."""
+    """The key kept in `path`, created (mode 0600) on first use: one-machine deployments.
+
+    ExposedKeyFile if the file is readable or writable by group or others: whoever can
+    read it can sign pushes as this server."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         pem = private_key_pem(generate_vapid_key())
         try:
-            with path.open("x", encoding="ascii") as handle:
-                path.chmod(0o600)
-                handle.write(pem)
+            # Created 0600 from the start: never readable by others, not even empty.
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             pass  # another process created it first: use theirs
+        else:
+            with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+                handle.write(pem)
+    mode = path.stat().st_mode
+    if mode & 0o077:
+        raise ExposedKeyFile(f"{path} has mode {stat.S_IMODE(mode):04o}; chmod 600 it")
     return load_vapid_key(path.read_text(encoding="ascii"))
 
 
@@ -155,9 +169,22 @@ def vapid_headers(
 
     The JWT's audience is the endpoint's origin; it expires VAPID_LIFETIME from `now`.
     """
-    parts = urlsplit(endpoint)
-    audience = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
     issued = time.time() if now is None else now
-    claims = {"aud": audience, "exp": int(issued + VAPID_LIFETIME), "sub": subject}
+    claims = {"aud": origin(endpoint), "exp": int(issued + VAPID_LIFETIME), "sub": subject}
     headers: dict[str, str] = Vapid02(key).sign(claims)
     return headers
+
+
+def origin(url: str) -> str:
+    """The URL's origin as RFC 6454 serializes it (the `aud` push services compare): the
+    scheme and host in lower case, the port only if it is not the scheme's default, no user
+    information, path or query."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = parts.hostname or ""  # lower-cased, without brackets or user information
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    if port is None or port == {"https": 443, "http": 80}.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -32,8 +34,10 @@ logger = logging.getLogger(__name__)
 
 NEW_MAIL = "newMail"
 RECONNECT = "reconnect"
-# Retry-After beyond this is not honoured: the push is abandoned instead of held for hours.
-MAX_RETRY_AFTER = 3600
+# A 429's Retry-After beyond this is not waited for: the push is given up instead of held
+# (new mail an hour late is no news; and a countdown near CELERY_VISIBILITY_TIMEOUT lets
+# Redis hand the waiting task to a second worker, a duplicate push).
+MAX_RETRY_AFTER = 600
 
 
 class TransientPushError(Exception):
@@ -153,6 +157,9 @@ def deliver(
         _endpoint_gone(sub)
         return "gone"
     if sent.status == 429:
+        if sent.retry_after > MAX_RETRY_AFTER:
+            logger.warning("push %s to %s: Retry-After too long, given up", event, sub.public_id)
+            return "rejected"
         raise RetryLater(sent.retry_after)
     if sent.status >= 500:
         raise TransientPushError(f"push service answered {sent.status}")
@@ -235,12 +242,18 @@ class _Answer:
 
 
 def _retry_after(value: str) -> int:
-    """Retry-After in seconds (delta form; an HTTP date counts as a minute), 1..MAX."""
+    """Retry-After in seconds from now, at least 1 (RFC 9110 10.2.3: seconds or an HTTP
+    date); missing or unreadable counts as a minute."""
+    value = value.strip()
+    if value.isdigit():
+        return max(1, int(value[:9]))
     try:
-        seconds = int(value.strip())
-    except ValueError:
-        seconds = 60
-    return max(1, min(seconds, MAX_RETRY_AFTER))
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return 60
+    if when.tzinfo is None:
+        return 60
+    return max(1, math.ceil((when - timezone.now()).total_seconds()))
 
 
 _vapid_cache: dict[str, object] = {}
@@ -258,7 +271,11 @@ def vapid_key() -> ec.EllipticCurvePrivateKey:
             except ValueError as exc:
                 raise PortalError(f"PUSHPROXY_VAPID_PRIVATE_KEY is unusable: {exc}") from None
         else:
-            key = webpush.load_or_create_vapid_key(Path(settings.VAR_DIR) / "vapid_private_key.pem")
+            path = Path(settings.VAR_DIR) / "vapid_private_key.pem"
+            try:
+                key = webpush.load_or_create_vapid_key(path)
+            except webpush.ExposedKeyFile as exc:
+                raise PortalError(f"The VAPID key file is unsafe: {exc}") from None
         _vapid_cache[cache_key] = key
     assert isinstance(key, ec.EllipticCurvePrivateKey)  # noqa: S101
     return key

@@ -4,6 +4,8 @@ The API side (`subscribe`, `get_subscription`, `end_subscription`) and the monit
 (`record_active`, `record_failure`) meet on the subscription row, locked with
 SELECT ... FOR UPDATE where both may write it: the API settles its answer once the login
 outcome is recorded or its wait runs out (202), and a late failure is then pushed instead.
+A pending subscription whose login never came (nobody took the hand-off) fails after
+PUSHPROXY_PENDING_SECONDS (`expire_pending`): nothing stays pending for ever.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from http import HTTPStatus
 from typing import Any
 
@@ -70,6 +73,11 @@ LOGIN_ERRORS: dict[str, tuple[HTTPStatus, str]] = {
 }
 
 
+# Why a pending subscription failed without a login outcome: the hand-off could not be
+# sent, or nobody ran it before PUSHPROXY_PENDING_SECONDS (specs/push-proxy.md's 503).
+HANDOFF_FAILED = "push_unavailable"
+
+
 def login_error(code: str) -> LoginFailed:
     status, message = LOGIN_ERRORS.get(code, LOGIN_ERRORS["imap_error"])
     error = LoginFailed(message, code=code if code in LOGIN_ERRORS else "imap_error")
@@ -78,7 +86,9 @@ def login_error(code: str) -> LoginFailed:
 
 
 class PlaintextRefused(InvalidInput):
+    # 422 like egress_refused: a well-formed request this server's policy refuses.
     code = "plaintext_refused"
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
     default_message = "This server accepts only TLS or STARTTLS for IMAP."
 
 
@@ -126,9 +136,10 @@ def subscribe(
     credentials to the owning monitor's `watch` and waits PUSHPROXY_LOGIN_WAIT_SECONDS.
 
     Returns the active subscription (or a pending one if the wait ran out: the outcome is
-    then recorded and, if a failure, pushed). A failed login raises LoginFailed with its
-    code and leaves no row behind. A second subscription for the same slot replaces the
-    first once its login succeeds.
+    then recorded and, if a failure, pushed; `expire_pending` fails it if none comes). A
+    failed login raises LoginFailed with its code and leaves no row behind, and so does a
+    hand-off the broker refuses (`push_unavailable`, 503). A second subscription for the
+    same slot replaces the first once its login succeeds.
     """
     if mailbox.security == imap.PLAIN and not settings.PUSHPROXY_ALLOW_PLAINTEXT:
         raise PlaintextRefused()
@@ -169,6 +180,9 @@ def subscribe(
             context=seal_context(sub.public_id, sub.pk, owner.queue),
         )
         transaction.on_commit(lambda: handed.update(result=_hand_off(sub, mailbox, owner, sealed)))
+    if "result" in handed and handed["result"] is None:
+        # The broker refused the hand-off: no login will come; answer 503 now.
+        record_failure(public_id=sub.public_id, generation=sub.pk, code=HANDOFF_FAILED)
     _wait(handed.get("result"))
     return _settle(sub.pk, token)
 
@@ -217,7 +231,7 @@ def _hand_off(
     try:
         return dispatch(watch_task, kwargs=kwargs, **options)
     except Exception:
-        # The broker did not take it: the row is settled as failed below.
+        # The broker did not take it: `subscribe` records the failure (503).
         logger.exception("handing subscription %s to its monitor failed", sub.public_id)
         return None
 
@@ -251,10 +265,15 @@ def _settle(pk: int, token: str) -> Subscribed:
 
 def get_subscription(*, public_id: str, token: str) -> PushSubscription:
     """The subscription this bearer token opens; NotFound for a wrong id or token, or one
-    that was replaced, ended or whose endpoint is gone (the id "stops working")."""
+    that was replaced, ended or whose endpoint is gone (the id "stops working"). One still
+    pending past its deadline is failed first (`expire_pending`), so GET never shows a
+    pending that cannot end."""
     sub = PushSubscription.objects.filter(public_id=public_id).first()
     if sub is None or not hmac.compare_digest(sub.token_hash, token_hash(token)):
         raise NotFound("No such subscription.")
+    if sub.status == Status.PENDING and sub.created_at < _pending_horizon(timezone.now()):
+        expire_pending(pk=sub.pk)
+        sub.refresh_from_db()
     if sub.status in (Status.REPLACED, Status.ENDED, Status.GONE):
         raise NotFound("No such subscription.")
     if sub.status == Status.FAILED and sub.awaited:
@@ -275,6 +294,17 @@ def end_subscription(*, public_id: str, token: str) -> None:
         raise NotFound("No such subscription.")
 
 
+def delete_subscriptions(queryset: Any) -> int:
+    """Operator's delete (admin): the rows go; the sessions of live ones log out, without a
+    push, as for the API's DELETE. Returns the number deleted."""
+    with transaction.atomic():
+        live = list(queryset.filter(status__in=LIVE).only("public_id", "monitor"))
+        for sub in live:
+            transaction.on_commit(functools.partial(stop_session, sub))
+        deleted, _by_model = queryset.delete()
+    return int(deleted)
+
+
 def end_subscriptions(queryset: Any, *, reason: str = "ended_by_operator") -> tuple[int, int]:
     """Operator's end (admin): live ones end, their sessions log out, and each gets a
     reconnect push with `reason`. Returns (ended, skipped: not live)."""
@@ -288,6 +318,53 @@ def end_subscriptions(queryset: Any, *, reason: str = "ended_by_operator") -> tu
         for sub in ended:
             transaction.on_commit(functools.partial(_end_and_notify, sub, event, reason))
     return len(ended), selected - len(ended)
+
+
+def expire_pending(*, now: datetime | None = None, pk: int | None = None) -> int:
+    """Fail the subscriptions pending longer than PUSHPROXY_PENDING_SECONDS (all, or the
+    one with `pk`); the count.
+
+    Their login will not come: the hand-off expired unconsumed (no monitor ran it, or the
+    one it was sent to died). Each becomes `failed` with error `push_unavailable` and gets
+    a reconnect push with that reason, so the app that was answered 202 subscribes again.
+    A login finishing later finds the row no longer pending and logs out (record_active).
+    """
+    now = now or timezone.now()
+    stale = PushSubscription.objects.filter(
+        status=Status.PENDING, created_at__lt=_pending_horizon(now)
+    )
+    if pk is not None:
+        stale = stale.filter(pk=pk)
+    event = uuid.uuid4().hex  # one batch: the subscription id tells the pushes apart
+    with transaction.atomic():
+        count = stale.update(
+            status=Status.FAILED,
+            error=HANDOFF_FAILED,
+            final_event=event,
+            ended_at=now,
+            awaited=False,
+        )
+        if count:
+            for public_id, generation in PushSubscription.objects.filter(
+                final_event=event
+            ).values_list("public_id", "pk"):
+                transaction.on_commit(
+                    functools.partial(
+                        enqueue_push,
+                        subscription=public_id,
+                        generation=generation,
+                        kind=RECONNECT,
+                        reason=HANDOFF_FAILED,
+                        event=event,
+                    )
+                )
+    if count:
+        logger.warning("%d pending push subscriptions expired without a login", count)
+    return count
+
+
+def _pending_horizon(now: datetime) -> datetime:
+    return now - timedelta(seconds=settings.PUSHPROXY_PENDING_SECONDS)
 
 
 def _end_and_notify(sub: PushSubscription, event: str, reason: str) -> None:

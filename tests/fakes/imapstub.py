@@ -1,8 +1,10 @@
 """A small scriptable IMAP server (asyncio, in a thread) for what Dovecot will not do on cue.
 
-It speaks just enough for the push proxy: CAPABILITY, LOGIN, AUTHENTICATE PLAIN, STARTTLS,
-EXAMINE/SELECT, IDLE/DONE, NOOP, LOGOUT; and the test scripts faults: new mail (EXISTS) on
-demand, BYE, a TCP reset, a stall after `+ idling` (DONE never answered), no IDLE at all.
+It speaks just enough for the push proxy: CAPABILITY, LOGIN (quoted strings and literals),
+AUTHENTICATE PLAIN, STARTTLS, EXAMINE/SELECT, IDLE/DONE, NOOP, LOGOUT; and the test scripts
+faults: new mail (EXISTS) on demand, BYE, a TCP reset, a stall after `+ idling` (DONE never
+answered), no IDLE at all, no AUTH=PLAIN (LOGIN only), a flood of bytes (a huge literal or a
+line without end) to the idling connections or inside the EXAMINE answer.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import re
 import socket
 import ssl
 import struct
@@ -20,6 +23,8 @@ from typing import Any
 
 USER = "juliet@example.org"
 PASSWORD = "Balcony-at-midnight-42"  # the stub's test account
+_LITERAL = re.compile(rb"\{(\d+)(\+?)\}$")
+_FLOOD_CHUNK = 65_536
 
 
 @dataclass
@@ -38,9 +43,15 @@ class ImapStub:
     tls: ssl.SSLContext | None = None
     starttls: ssl.SSLContext | None = None
     stall_done: bool = False
+    auth_plain: bool = True
+    password: str = PASSWORD
+    # Sent inside the EXAMINE answer, before its tagged OK (a server flooding the login).
+    examine_extra: bytes = b""
     exists: int = 2
     commands: list[str] = field(default_factory=list)
     logins: int = 0
+    logouts: int = 0  # LOGOUT commands answered (a clean logout, not a dropped connection)
+    flooded: int = 0  # bytes written by `flood` so far
     port: int = 0
 
     def __post_init__(self) -> None:
@@ -84,6 +95,11 @@ class ImapStub:
     def connections(self) -> int:
         return len(self._conns)
 
+    @property
+    def idling(self) -> int:
+        """Connections in IDLE now (only they hear `new_mail`)."""
+        return sum(1 for conn in self._conns if conn.selected and conn.idle_tag)
+
     def wait_for(self, predicate: Any, timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -120,6 +136,39 @@ class ImapStub:
         result: float = self._call(deliver())
         return result
 
+    def flood(self, head: bytes, size: int) -> None:
+        """Send `head`, then `size` bytes of "x" to every idling connection, in the background
+        (the writes wait while the client does not read; `flooded` counts what went out)."""
+
+        async def flood(conn: _Conn) -> None:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                conn.writer.write(head)
+                left = size
+                while left > 0:
+                    chunk = min(left, _FLOOD_CHUNK)
+                    conn.writer.write(b"x" * chunk)
+                    await conn.writer.drain()
+                    left -= chunk
+                    self.flooded += chunk
+
+        async def start() -> None:
+            for conn in self._conns:
+                if conn.selected and conn.idle_tag:
+                    self._loop.create_task(flood(conn))
+
+        self._call(start())
+
+    def end_idle(self, status: str = "OK") -> None:
+        """The server ends IDLE by itself: a tagged `status` to every idling connection."""
+
+        async def end() -> None:
+            for conn in self._conns:
+                if conn.selected and conn.idle_tag:
+                    tag, conn.idle_tag = conn.idle_tag, ""
+                    await self._send(conn, f"{tag} {status} IDLE ended by the server")
+
+        self._call(end())
+
     def bye(self) -> None:
         async def bye() -> None:
             for conn in list(self._conns):
@@ -142,7 +191,9 @@ class ImapStub:
     # --- the protocol -------------------------------------------------------------------
 
     def _capabilities(self, conn: _Conn) -> str:
-        caps = ["IMAP4rev1", "AUTH=PLAIN"]
+        caps = ["IMAP4rev1"]
+        if self.auth_plain:
+            caps.append("AUTH=PLAIN")
         if self.idle:
             caps.append("IDLE")
         if self.starttls is not None and not conn.writer.get_extra_info("sslcontext"):
@@ -163,7 +214,7 @@ class ImapStub:
                 raw = await conn.reader.readline()
                 if not raw:
                     return
-                line = raw.decode().rstrip("\r\n")
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
                 if conn.idle_tag:
                     self.commands.append(line)
                     if line.upper() == "DONE" and not self.stall_done:
@@ -173,6 +224,11 @@ class ImapStub:
                 tag, _, rest = line.partition(" ")
                 command, _, args = rest.partition(" ")
                 self.commands.append(command.upper())
+                if command.upper() == "LOGIN":
+                    raw_args = raw.rstrip(b"\r\n").split(b" ", 2)[2:]
+                    user, password = await self._astrings(conn, raw_args[0] if raw_args else b"")
+                    await self._login(conn, tag, user, password)
+                    continue
                 if not await self._command(conn, tag, command.upper(), args):
                     return
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
@@ -189,10 +245,7 @@ class ImapStub:
         elif command == "STARTTLS" and self.starttls is not None:
             await self._send(conn, f"{tag} OK Begin TLS")
             await conn.writer.start_tls(self.starttls)
-        elif command == "LOGIN":
-            user, _, password = args.partition(" ")
-            await self._login(conn, tag, user.strip('"'), password.strip('"'))
-        elif command == "AUTHENTICATE" and args.upper() == "PLAIN":
+        elif command == "AUTHENTICATE" and args.upper() == "PLAIN" and self.auth_plain:
             await self._send(conn, "+ ")
             answer = base64.b64decode((await conn.reader.readline()).strip())
             _authz, user, password = answer.decode().split("\0")
@@ -203,6 +256,10 @@ class ImapStub:
             else:
                 conn.selected = True
                 conn.exists = self.exists
+                if self.examine_extra:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        conn.writer.write(self.examine_extra)
+                        await conn.writer.drain()
                 await self._send(conn, f"* {self.exists} EXISTS")
                 await self._send(conn, "* 0 RECENT")
                 await self._send(conn, f"{tag} OK [READ-ONLY] {command} completed")
@@ -215,6 +272,7 @@ class ImapStub:
                 await self._send(conn, f"* {self.exists} EXISTS")
             await self._send(conn, f"{tag} OK NOOP completed")
         elif command == "LOGOUT":
+            self.logouts += 1
             await self._send(conn, "* BYE Logging out")
             await self._send(conn, f"{tag} OK Logout completed")
             return False
@@ -222,8 +280,34 @@ class ImapStub:
             await self._send(conn, f"{tag} BAD unknown command")
         return True
 
+    async def _astrings(self, conn: _Conn, text: bytes) -> tuple[str, str]:
+        """LOGIN's two arguments: atoms, quoted strings or literals ({n} answered with a
+        continuation, {n+} not), decoded as UTF-8."""
+        values: list[bytes] = []
+        while len(values) < 2:
+            text = text.lstrip(b" ")
+            literal = _LITERAL.match(text)
+            if literal:
+                if not literal.group(2):
+                    await self._send(conn, "+ go ahead")
+                values.append(await conn.reader.readexactly(int(literal.group(1))))
+                text = (await conn.reader.readline()).rstrip(b"\r\n")
+            elif text.startswith(b'"'):
+                value, index = bytearray(), 1
+                while index < len(text) and text[index : index + 1] != b'"':
+                    if text[index : index + 1] == b"\\":
+                        index += 1
+                    value += text[index : index + 1]
+                    index += 1
+                values.append(bytes(value))
+                text = text[index + 1 :]
+            else:
+                atom, _, text = text.partition(b" ")
+                values.append(atom)
+        return values[0].decode("utf-8", "replace"), values[1].decode("utf-8", "replace")
+
     async def _login(self, conn: _Conn, tag: str, user: str, password: str) -> None:
-        if user == USER and password == PASSWORD:
+        if user == USER and password == self.password:
             self.logins += 1
             conn.user = user
             await self._send(conn, f"{tag} OK [CAPABILITY {self._capabilities(conn)}] Logged in")

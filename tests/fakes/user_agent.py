@@ -80,8 +80,12 @@ def verify_vapid(authorization: str, endpoint: str) -> dict[str, Any]:
         ec.ECDSA(hashes.SHA256()),
     )
     claims: dict[str, Any] = json.loads(b64d(claims_b64))
+    # RFC 6454 origin: lower case, no default port (written out here, not imported).
     parts = urlsplit(endpoint)
-    assert claims["aud"] == f"{parts.scheme}://{parts.netloc}"
+    netloc = parts.netloc.lower()
+    for default in (":443",) if parts.scheme == "https" else (":80",):
+        netloc = netloc.removesuffix(default)
+    assert claims["aud"] == f"{parts.scheme.lower()}://{netloc}", claims["aud"]
     assert time.time() < claims["exp"] <= time.time() + 24 * 3600
     assert claims["sub"].startswith(("mailto:", "https://"))
     return claims

@@ -7,7 +7,7 @@ import ipaddress
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -256,17 +256,116 @@ def test_a_slow_drip_is_cut_by_the_total_deadline(settings: Any) -> None:
     listener.close()
 
 
-def test_connect_timeout_fires_within_its_bound(settings: Any) -> None:
+def test_a_header_drip_is_cut_by_the_total_deadline(settings: Any) -> None:
+    # Each header byte arrives well inside the read timeout; only a deadline for the whole
+    # exchange ends it (http.client reads the headers line by line, byte by byte here).
     settings.PORTAL_EGRESS_ALLOW = [ipaddress.ip_network("127.0.0.0/8")]
     listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))  # bound, never listening: connection refused at once
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
     port = listener.getsockname()[1]
+
+    def drip() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        try:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Drip: ")
+            for _ in range(100):
+                conn.sendall(b"x")
+                time.sleep(0.1)
+        except OSError:
+            pass
+        conn.close()
+
+    threading.Thread(target=drip, daemon=True).start()
     started = time.monotonic()
     with pytest.raises(netguard.EgressError) as caught:
-        _post(f"http://127.0.0.1:{port}/", connect_timeout=1.0)
-    assert caught.value.reason in {"connect", "timeout"}
-    assert time.monotonic() - started < 2.0
+        _post(f"http://127.0.0.1:{port}/", read_timeout=1.0, total_timeout=1.0)
+    assert caught.value.reason == "timeout"
+    assert time.monotonic() - started < 1.8
     listener.close()
+
+
+@pytest.fixture
+def blackhole() -> Iterator[Callable[[str, int], int]]:
+    """Addresses that never answer a connect: a listener that accepts nothing, its backlog
+    full, so the kernel drops further SYNs (like a firewalled or vanished host)."""
+    held: list[socket.socket] = []
+
+    def make(host: str, port: int = 0) -> int:
+        listener = socket.socket()
+        listener.bind((host, port))
+        listener.listen(0)
+        held.append(listener)
+        port = listener.getsockname()[1]
+        for _ in range(8):
+            probe = socket.socket()
+            probe.settimeout(0.2)
+            try:
+                probe.connect((host, port))
+            except TimeoutError:
+                probe.close()
+                return port  # the hole is there: a connect waits
+            held.append(probe)  # it filled a slot of the queue; keep it there
+        raise RuntimeError("the listener's backlog does not fill up")
+
+    yield make
+    for sock in held:
+        sock.close()
+
+
+def test_connect_timeout_fires_on_an_address_that_never_answers(
+    settings: Any, blackhole: Callable[[str, int], int]
+) -> None:
+    settings.PORTAL_EGRESS_ALLOW = [ipaddress.ip_network("127.0.0.0/8")]
+    port = blackhole("127.0.0.1", 0)
+    started = time.monotonic()
+    with pytest.raises(netguard.EgressError) as caught:
+        _post(f"http://127.0.0.1:{port}/", connect_timeout=1.0, total_timeout=5.0)
+    assert caught.value.reason == "timeout"
+    assert 0.9 < time.monotonic() - started < 1.8
+
+
+def _two_black_holes(settings: Any, blackhole: Callable[[str, int], int], name: str) -> int:
+    """`name` resolves to 127.0.0.1 and 127.0.0.2, neither answering on the port returned."""
+    settings.PORTAL_EGRESS_ALLOW = [ipaddress.ip_network("127.0.0.0/8")]
+    port = blackhole("127.0.0.1", 0)
+    blackhole("127.0.0.2", port)
+    resolver.ANSWERS[name] = ["127.0.0.1,127.0.0.2"]
+    return port
+
+
+@pytest.mark.parametrize(
+    ("connect_timeout", "total_timeout"), [(1.0, 5.0), (5.0, 1.0)], ids=["connect", "total"]
+)
+def test_the_connect_timeout_and_the_deadline_cover_all_addresses_together(
+    settings: Any,
+    blackhole: Callable[[str, int], int],
+    connect_timeout: float,
+    total_timeout: float,
+) -> None:
+    port = _two_black_holes(settings, blackhole, "two.test")
+    started = time.monotonic()
+    with egress.watching() as attempts, pytest.raises(netguard.EgressError) as caught:
+        _post(
+            f"http://two.test:{port}/",
+            connect_timeout=connect_timeout,
+            total_timeout=total_timeout,
+        )
+    assert caught.value.reason == "timeout"
+    assert time.monotonic() - started < 1.8  # one second for both, not one each
+    assert [address for address, _port in attempts] == ["127.0.0.1", "127.0.0.2"]
+
+
+def test_imap_connect_timeout_covers_all_addresses_together(
+    settings: Any, blackhole: Callable[[str, int], int]
+) -> None:
+    port = _two_black_holes(settings, blackhole, "imap.two.test")
+    started = time.monotonic()
+    with pytest.raises(netguard.EgressError) as caught:
+        netguard.connect("imap.two.test", port, allowed_ports=netguard.IMAP_PORTS, timeout=1.0)
+    assert caught.value.reason == "timeout"
+    assert time.monotonic() - started < 1.8
 
 
 def test_imap_connect_refuses_other_ports_on_public_hosts() -> None:

@@ -1,8 +1,10 @@
-"""The push proxy's admin screens: lists, filters, privacy-mode search, the end action."""
+"""The push proxy's admin screens: lists, filters, privacy-mode search, the end action (only
+for staff who may change subscriptions), deleting (which logs live sessions out)."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +12,9 @@ import pytest
 from django.test import Client
 
 from pushproxy.models import MonitorWorker, PushSubscription, Status
+from tests.fakes.imapstub import PASSWORD as STUB_PASSWORD
+from tests.fakes.imapstub import USER as STUB_USER
+from tests.fakes.imapstub import ImapStub
 from tests.fakes.push_service import PushService
 
 CHANGELIST = "/admin/pushproxy/pushsubscription/"
@@ -101,3 +106,83 @@ def test_monitor_list_shows_heartbeat_and_sessions(admin_client: Client) -> None
     )
     page = admin_client.get("/admin/pushproxy/monitorworker/").content.decode()
     assert "mon-1" in page and "1234" in page
+
+
+# --- who may end, and what deleting does ------------------------------------------------------
+
+
+def _staff(django_user_model: Any, name: str, *codenames: str) -> Client:
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user(name, password="x", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.mark.parametrize(
+    ("codenames", "may_end"),
+    [
+        (["view_pushsubscription"], False),
+        (["view_pushsubscription", "change_pushsubscription"], True),
+    ],
+    ids=["view-only", "may-change"],
+)
+@pytest.mark.django_db(transaction=True)
+def test_only_staff_who_may_change_subscriptions_are_offered_the_end_action(
+    django_user_model: Any,
+    make_subscription: Callable[..., PushSubscription],
+    push_service: PushService,
+    push_stack: Any,
+    codenames: list[str],
+    may_end: bool,
+) -> None:
+    live = make_subscription(new_mail=push_service.url("/n"), reconnect=push_service.url("/r"))
+    staff = _staff(django_user_model, "staff", *codenames)
+
+    listing = staff.get(CHANGELIST)
+    staff.post(CHANGELIST, {"action": "end_selected", "_selected_action": [live.pk]})
+
+    assert listing.status_code == 200 and live.public_id in listing.content.decode()
+    assert ('value="end_selected"' in listing.content.decode()) is may_end
+    live.refresh_from_db()
+    assert live.status == (Status.ENDED if may_end else Status.ACTIVE)
+    if may_end:
+        assert len(push_service.wait_for("/r", timeout=10)) == 1
+    else:
+        time.sleep(0.5)
+        assert push_service.received == []
+
+
+@pytest.mark.parametrize("how", ["delete view", "delete_selected"])
+@pytest.mark.django_db(transaction=True)
+def test_deleting_a_live_subscription_logs_its_session_out_without_a_push(
+    admin_client: Client, client: Client, push_service: PushService, push_stack: Any, how: str
+) -> None:
+    from tests.pushproxy.test_api_subscriptions import subscribe
+
+    stub = ImapStub().start()
+    try:
+        answer = subscribe(
+            client, push_service, port=stub.port, username=STUB_USER, password=STUB_PASSWORD
+        )
+        assert answer.status_code == 201, answer.content
+        assert stub.wait_for(lambda: stub.idling == 1)
+        sub = PushSubscription.objects.get(public_id=answer.json()["id"])
+
+        if how == "delete view":
+            deleted = admin_client.post(f"{CHANGELIST}{sub.pk}/delete/", {"post": "yes"})
+        else:
+            deleted = admin_client.post(
+                CHANGELIST,
+                {"action": "delete_selected", "_selected_action": [sub.pk], "post": "yes"},
+            )
+
+        assert deleted.status_code == 302
+        assert not PushSubscription.objects.filter(pk=sub.pk).exists()
+        assert stub.wait_for(lambda: stub.logouts == 1 and stub.connections == 0, timeout=10)
+        time.sleep(0.5)
+        assert push_service.received == []
+    finally:
+        stub.stop()

@@ -114,6 +114,12 @@ def sessions(dovecot: PrivateDovecot, address: str) -> int:
     return sum(1 for s in dovecot.sessions() if s.username == address)
 
 
+def dovecot_said(dovecot: PrivateDovecot, address: str, pid: int) -> str:
+    """What Dovecot logged about the IMAP session of `address` in process `pid`."""
+    log = dovecot.log_path.read_text(encoding="utf-8", errors="replace")
+    return "\n".join(line for line in log.splitlines() if f"imap({address})<{pid}>" in line)
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -215,11 +221,15 @@ def test_delete_logs_the_session_out_without_a_reconnect_push(
 ) -> None:
     created = subscribe(client, push_service, username=account, port=dovecot.port).json()
     assert wait_until(lambda: sessions(dovecot, account) == 1)
+    [watched] = [s.pid for s in dovecot.sessions() if s.username == account]
 
     answer = client.delete(f"{URL}/{created['id']}", **auth(created["token"]))
 
     assert answer.status_code == HTTPStatus.NO_CONTENT
     assert wait_until(lambda: sessions(dovecot, account) == 0, timeout=5)
+    # Logged out (our LOGOUT answered), not merely disconnected.
+    assert wait_until(lambda: "Disconnected: " in dovecot_said(dovecot, account, watched))
+    assert "Disconnected: Logged out" in dovecot_said(dovecot, account, watched)
     time.sleep(1.0)
     assert push_service.received == []
     assert client.get(f"{URL}/{created['id']}", **auth(created["token"])).status_code == 404
@@ -428,6 +438,7 @@ def test_one_stalled_endpoint_does_not_delay_another(
         ),
         (lambda body: body["imap"].update(host="127.0.0.1"), "egress_refused"),
     ],
+    ids=["plaintext", "http-endpoint", "private-endpoint", "loopback-imap"],
 )
 def test_refusals_change_nothing_and_contact_nothing(
     client: Client,
@@ -451,7 +462,89 @@ def test_refusals_change_nothing_and_contact_nothing(
     change(body)
     with egress.watching() as attempts:
         answer = client.post(URL, data=json.dumps(body), content_type="application/json")
-    assert answer.status_code in (400, 422)
+    assert answer.status_code == HTTPStatus.UNPROCESSABLE_ENTITY
     assert answer.json()["code"] == code
     assert PushSubscription.objects.count() == 0
-    assert [a for a in attempts if a[0] == "127.0.0.1" and a[1] in (443, 993, 80)] == []
+    assert attempts == []
+
+
+def _valid_body() -> dict[str, Any]:
+    return {
+        "imap": {
+            "host": "imap.example.org",
+            "port": 993,
+            "security": "tls",
+            "username": ADDRESS,
+            "password": PASSWORD,
+        },
+        "endpoints": {
+            "newMail": {"url": "https://push.example.net/n"},
+            "reconnect": {"url": "https://push.example.net/r"},
+        },
+        "clientId": "phone",
+    }
+
+
+BAD_BODIES: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
+    # name: (how the valid body is spoiled, the field the answer must name)
+    "array": (lambda body: [body], "non_field_errors"),
+    "no-imap": (lambda body: body.pop("imap") and body, "imap"),
+    "no-password": (lambda body: body["imap"].pop("password") and body, "imap"),
+    "number-password": (lambda body: body["imap"].update(password=123456) or body, "imap"),
+    "long-password": (lambda body: body["imap"].update(password="x" * 1025) or body, "imap"),
+    "nul-username": (lambda body: body["imap"].update(username="a\x00b") or body, "imap"),
+    "unknown-key": (lambda body: body.update(extra=1) or body, "extra"),
+    "unknown-imap-key": (lambda body: body["imap"].update(tls=True) or body, "imap"),
+    "port-zero": (lambda body: body["imap"].update(port=0) or body, "imap"),
+    "port-too-big": (lambda body: body["imap"].update(port=70000) or body, "imap"),
+    "security-ssl": (lambda body: body["imap"].update(security="ssl") or body, "imap"),
+    "host-not-a-name": (lambda body: body["imap"].update(host="bad host!") or body, "imap"),
+    "no-client-id": (lambda body: body.pop("clientId") and body, "clientId"),
+    "blank-client-id": (lambda body: body.update(clientId="") or body, "clientId"),
+    "url-not-text": (
+        lambda body: body["endpoints"]["newMail"].update(url=["https://x/"]) or body,
+        "endpoints",
+    ),
+    "bad-keys": (
+        lambda body: (
+            body["endpoints"]["newMail"].update(keys={"p256dh": "AAAA", "auth": "AAAA"}) or body
+        ),
+        "endpoints",
+    ),
+    "keys-and-simplepush": (
+        lambda body: (
+            body["endpoints"]["reconnect"].update(keys=UserAgent().keys(), format="simplepush")
+            or body
+        ),
+        "endpoints",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_BODIES, ids=list(BAD_BODIES))
+def test_a_malformed_body_is_400_invalid_naming_the_field_and_changes_nothing(
+    client: Client, push_settings: Any, case: str
+) -> None:
+    from tests.fakes import egress
+
+    spoil, field = BAD_BODIES[case]
+    body = spoil(_valid_body())
+    with egress.watching() as attempts:
+        answer = client.post(URL, data=json.dumps(body), content_type="application/json")
+
+    assert answer.status_code == HTTPStatus.BAD_REQUEST
+    assert answer.json()["code"] == "invalid"
+    assert field in answer.json()["fields"]
+    assert PASSWORD not in answer.content.decode()
+    assert PushSubscription.objects.count() == 0
+    assert attempts == []
+
+
+def test_a_body_that_is_not_json_is_400_and_changes_nothing(
+    client: Client, push_settings: Any
+) -> None:
+    answer = client.post(URL, data="{not json", content_type="application/json")
+
+    assert answer.status_code == HTTPStatus.BAD_REQUEST
+    assert answer.json()["code"] == "parse_error"
+    assert PushSubscription.objects.count() == 0

@@ -1,9 +1,11 @@
 """RELIABILITY.md check 20: an IMAP password given to the push proxy is never persisted.
 
-A canary password is used for a working subscription, a wrong-password login, a login to a
-server that is down and (with Redis) a hand-off that nobody consumes; then the database
-dump, every Redis key, the queued Celery message, and every log (this process, the monitor
-and push worker processes, Dovecot) are searched for it in every encoding check 20 lists.
+A canary password (not ASCII) is used for a working subscription, a wrong-password login, a
+login to a server that is down, logins by LOGIN to a server without AUTH=PLAIN (imaplib's
+LOGIN once raised UnicodeEncodeError carrying the password) and (with Redis) a hand-off that
+nobody consumes; then the database dump, every Redis key, the queued Celery message, and
+every log (this process, the monitor and push worker processes, Dovecot) are searched for
+it in every encoding check 20 lists.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from providers.models import Provider
 from pushproxy.models import MonitorState, MonitorWorker, PushSubscription
 from pushproxy.services import monitors
 from tests.conftest import need_service
+from tests.fakes.imapstub import USER as STUB_USER
+from tests.fakes.imapstub import ImapStub
 from tests.fakes.push_service import PushService
 from tests.pushproxy.conftest import Workers
 from tests.pushproxy.test_api_subscriptions import append, subscribe
@@ -170,16 +174,18 @@ def test_the_canary_password_is_persisted_nowhere(
         client, push_service, port=_closed_port(), username=address, password=CANARY, client_id="c"
     )
     assert (down.status_code, down.json()["code"]) == (502, "imap_unreachable")
+    # A server that offers only LOGIN: the canary goes as a UTF-8 literal, right and wrong.
+    answers = [ok, wrong, down, *_login_only(client, push_service)]
 
     queued = b""
     if push_stack is not None:
         queued = _queued_hand_off(client, push_service, address, settings, push_stack)
 
-    forms = spellings(address)
+    forms = spellings(address) | spellings(STUB_USER)
     assert hits(database_dump(), forms) == []
     assert hits("\n".join(log_records).encode(), forms) == []
     assert hits(dovecot.log_path.read_bytes(), forms) == []
-    assert hits(json.dumps([ok.json(), wrong.json(), down.json()]).encode(), forms) == []
+    assert hits(json.dumps([answer.json() for answer in answers]).encode(), forms) == []
     if push_stack is not None:
         assert queued and hits(queued, forms) == []
         assert hits(push_stack.log_text().encode(), forms) == []
@@ -188,6 +194,34 @@ def test_the_canary_password_is_persisted_nowhere(
         assert hits(redis_values(redis.Redis.from_url(django_settings.REDIS_URL)), forms) == []
     elif django_settings.HAS_REDIS or _required():
         need_service("Redis", "the broker half of check 20 needs the worker processes")
+
+
+def _login_only(client: Client, push_service: PushService) -> list[Any]:
+    stub = ImapStub(auth_plain=False, password=CANARY).start()
+    try:
+        right = subscribe(
+            client,
+            push_service,
+            port=stub.port,
+            username=STUB_USER,
+            password=CANARY,
+            client_id="login",
+            prefix="login/",
+        )
+        assert right.status_code == 201, right.content
+        wrong = subscribe(
+            client,
+            push_service,
+            port=stub.port,
+            username=STUB_USER,
+            password=CANARY + "ß",
+            client_id="login-wrong",
+        )
+        assert (wrong.status_code, wrong.json()["code"]) == (401, "imap_auth_failed")
+        assert stub.logins == 1 and "AUTHENTICATE" not in stub.commands
+        return [right, wrong]
+    finally:
+        stub.stop()
 
 
 def _required() -> bool:

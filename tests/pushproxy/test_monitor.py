@@ -13,6 +13,7 @@ import pytest
 
 from pushproxy import imap, monitor
 from pushproxy.sealing import Secret
+from tests.fakes.certs import Certificate, self_signed
 from tests.fakes.imapstub import PASSWORD, USER, ImapStub
 
 
@@ -69,12 +70,14 @@ def watched(
     generation: int,
     client: str = "phone",
     account: str = "acct",
+    cert: Certificate | None = None,
 ) -> monitor.Watched:
     session = imap.open_session(
-        imap.Mailbox("127.0.0.1", server.port, "none", USER),
+        imap.Mailbox("imap.test", server.port, "none" if cert is None else "tls", USER),
         Secret(PASSWORD),
         connect=lambda: socket.create_connection(("127.0.0.1", server.port), timeout=5),
         timeout=5,
+        ssl_context=None if cert is None else cert.client_context(),
     )
     return monitor.Watched(subscription, generation, account, client, session)
 
@@ -173,7 +176,9 @@ def test_a_newer_session_replaces_the_older_without_a_push(
     manager.adopt(watched(stub, "ps_old", 1))
     manager.adopt(watched(stub, "ps_new", 2))
 
-    assert stub.wait_for(lambda: stub.connections == 1)
+    # The stub tells only idling connections about new mail: wait for the new one's IDLE.
+    assert stub.wait_for(lambda: stub.connections == 1 and stub.idling == 1)
+    assert stub.logouts == 1  # the old one logged out
     assert manager.count() == 1 and manager.holds("ps_new") and not manager.holds("ps_old")
     stub.new_mail()
     assert sink.wait(1) == [("newMail", "ps_new", 3)]
@@ -243,3 +248,52 @@ def test_idle_is_reissued_before_rfc_2177s_29_minutes() -> None:
     timing = monitor.Timing.from_settings()
     assert timing.idle_seconds <= 25 * 60 < 29 * 60
     assert timing.coalesce_gap < timing.coalesce_max <= 1.0
+
+
+# --- sessions the manager ends log out, over TLS too -----------------------------------------
+
+
+@pytest.fixture
+def tls_stub() -> Iterator[tuple[ImapStub, Certificate]]:
+    cert = self_signed("imap.test")
+    server = ImapStub(tls=cert.server_context()).start()
+    yield server, cert
+    server.stop()
+
+
+@pytest.mark.parametrize("how", ["stop", "replace", "drain"])
+def test_ended_tls_sessions_send_done_and_logout(
+    manager: monitor.Manager,
+    sink: RecordingSink,
+    tls_stub: tuple[ImapStub, Certificate],
+    how: str,
+) -> None:
+    stub, cert = tls_stub
+    manager.adopt(watched(stub, "ps_a", 1, cert=cert))
+    assert stub.wait_for(lambda: stub.idling == 1)
+
+    if how == "stop":
+        assert manager.stop("ps_a", wait=3) is True
+    elif how == "replace":
+        manager.adopt(watched(stub, "ps_b", 2, cert=cert))
+    else:
+        assert manager.drain(reason="shutdown", notify=False, wait=5, reopen=True) == 1
+
+    assert stub.wait_for(lambda: stub.logouts == 1)
+    assert stub.commands.count("DONE") == 1 and "LOGOUT" in stub.commands
+    assert stub.wait_for(lambda: stub.connections == (1 if how == "replace" else 0))
+    time.sleep(0.2)
+    assert sink.events == []
+
+
+@pytest.mark.parametrize("head", [b"* 3 FETCH (BODY[] {1000000000}\r\n", b"* OK no end in sight "])
+def test_a_flooding_server_ends_the_session_with_a_reconnect(
+    manager: monitor.Manager, sink: RecordingSink, stub: ImapStub, head: bytes
+) -> None:
+    manager.adopt(watched(stub, "ps_a", 1))
+    assert stub.wait_for(lambda: stub.idling == 1)
+
+    stub.flood(head, 400_000)
+
+    assert sink.wait(1, timeout=10) == [("reconnect", "ps_a", "protocol")]
+    assert manager.count() == 0

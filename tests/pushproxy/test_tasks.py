@@ -37,8 +37,22 @@ def test_deliver_push_retries_on_a_5xx_with_backoff(
 ) -> None:
     push_service.rules["/new"] = Rule(status=502)
     with pytest.raises(Retry) as caught:
-        tasks.deliver_push.apply(kwargs=_kwargs(sub), throw=True, retries=7, max_retries=8).get()
-    assert caught.value.when is not None
+        tasks.deliver_push.apply(kwargs=_kwargs(sub), throw=True, retries=3, max_retries=8).get()
+    # The fourth try waits backoff(3): 16 s plus up to half of it, not Celery's default 180 s.
+    assert 16 <= caught.value.when <= 24
+    assert len(push_service.to("/new")) == 1  # it was tried, and failed
+    sub.refresh_from_db()
+    assert (sub.status, sub.push_failures, sub.pushes_sent) == ("active", 1, 0)
+
+
+def test_deliver_push_gives_up_after_its_last_retry(
+    sub: PushSubscription, push_service: PushService
+) -> None:
+    from pushproxy.services.delivery import TransientPushError
+
+    push_service.rules["/new"] = Rule(status=502)
+    with pytest.raises(TransientPushError):
+        tasks.deliver_push.apply(kwargs=_kwargs(sub), throw=True, retries=8).get()
 
 
 def test_deliver_push_retries_a_429_after_its_retry_after(
@@ -57,8 +71,35 @@ def test_backoff_doubles_with_jitter_up_to_five_minutes() -> None:
 
 
 def test_stop_and_drain_reach_this_processes_manager(db: None) -> None:
-    assert tasks.stop.apply(kwargs={"subscription": "ps_none"}).get() is False
-    assert tasks.drain.apply(kwargs={"notify": False}).get() == 0
+    import socket
+
+    from pushproxy import imap, monitor
+    from pushproxy.sealing import Secret
+    from tests.fakes.imapstub import PASSWORD, USER, ImapStub
+
+    stub = ImapStub().start()
+    monitor.reset_manager()
+    try:
+        manager = monitor.get_manager()
+        for number, name in enumerate(["ps_stopped", "ps_drained"], start=1):
+            session = imap.open_session(
+                imap.Mailbox("127.0.0.1", stub.port, "none", USER),
+                Secret(PASSWORD),
+                connect=lambda: socket.create_connection(("127.0.0.1", stub.port), timeout=5),
+                timeout=5,
+            )
+            manager.adopt(monitor.Watched(name, number, "acct", name, session))
+        assert stub.wait_for(lambda: stub.idling == 2)
+
+        assert tasks.stop.apply(kwargs={"subscription": "ps_stopped"}).get() is True
+        assert tasks.stop.apply(kwargs={"subscription": "ps_none"}).get() is False
+        assert stub.wait_for(lambda: stub.logouts == 1)
+        assert tasks.drain.apply(kwargs={"notify": False}).get() == 1
+        assert stub.wait_for(lambda: stub.logouts == 2 and stub.connections == 0)
+        assert manager.accepting  # reopened by default: an operator's reset, not a stop
+    finally:
+        monitor.reset_manager()
+        stub.stop()
 
 
 def test_watch_records_a_refused_seal_and_answers_failed(sub: PushSubscription) -> None:

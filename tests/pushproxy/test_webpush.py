@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -83,6 +84,33 @@ def test_vapid_headers_verify_with_the_public_key_for_the_endpoint_origin() -> N
     assert claims["sub"] == "mailto:ops@example.org"
     assert claims["exp"] <= time.time() + webpush.VAPID_LIFETIME + 1
     assert headers["Authorization"].endswith("k=" + webpush.application_server_key(key))
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "audience"),
+    [
+        ("https://Push.Example.NET/wpush/v2/abc", "https://push.example.net"),
+        ("https://push.example.net:443/wpush/v2/abc?x=1", "https://push.example.net"),
+        ("https://push.example.net:8443/w", "https://push.example.net:8443"),
+        ("http://127.0.0.1:80/w", "http://127.0.0.1"),
+        ("https://user@PUSH.example.net:4430/w", "https://push.example.net:4430"),
+    ],
+)
+def test_the_vapid_audience_is_the_endpoints_origin(endpoint: str, audience: str) -> None:
+    key = webpush.generate_vapid_key()
+    headers = webpush.vapid_headers(endpoint, key=key, subject="mailto:ops@example.org")
+    token = headers["Authorization"].split("t=", 1)[1].split(",", 1)[0]
+    assert json.loads(b64d(token.split(".")[1]))["aud"] == audience
+
+
+def test_a_vapid_key_file_others_may_read_is_refused(tmp_path: Any) -> None:
+    path = tmp_path / "vapid.pem"
+    path.write_text(webpush.private_key_pem(webpush.generate_vapid_key()), encoding="ascii")
+    path.chmod(0o644)
+    with pytest.raises(webpush.ExposedKeyFile):
+        webpush.load_or_create_vapid_key(path)
+    path.chmod(0o600)
+    assert webpush.load_or_create_vapid_key(path) is not None
 
 
 def test_vapid_keys_load_from_pem_raw_and_file(tmp_path: object) -> None:

@@ -183,3 +183,28 @@ def test_an_endpoint_rebound_to_loopback_is_refused_at_send_time(
     assert push_service.received == []
     sub.refresh_from_db()
     assert sub.push_failures == 1
+
+
+def test_a_429_asking_for_longer_than_the_cap_is_given_up(
+    sub: PushSubscription, push_service: PushService
+) -> None:
+    push_service.rules["/new"] = Rule(status=429, headers={"Retry-After": "86400"})
+    assert deliver(sub) == "rejected"
+    sub.refresh_from_db()
+    assert (sub.status, sub.push_failures, sub.pushes_sent) == (Status.ACTIVE, 1, 0)
+
+
+def test_a_429_with_an_http_date_waits_until_then(
+    sub: PushSubscription, push_service: PushService
+) -> None:
+    from email.utils import format_datetime
+
+    from django.utils import timezone
+
+    then = timezone.now() + timezone.timedelta(seconds=120)
+    push_service.rules["/new"] = Rule(
+        status=429, headers={"Retry-After": format_datetime(then, usegmt=True)}
+    )
+    with pytest.raises(delivery.RetryLater) as caught:
+        deliver(sub)
+    assert 110 <= caught.value.seconds <= 121
