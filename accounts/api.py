@@ -270,6 +270,7 @@ class RegisterView(CPE3View):
                 password=payload["password"],
                 login_on_success=payload.get("loginOnSuccess", False),
                 client=web.client_info(request),
+                held_session=web.session_token(request),
             ),
             idempotency_key=key or data["id"],
             request_body=body,

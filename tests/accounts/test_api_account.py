@@ -164,13 +164,18 @@ def test_unknown_user_and_wrong_password_get_the_same_answer_and_one_hash_each(
         ("nobody@example.org", PASSWORD),
         ("juliet@example.org", PASSWORD + "x"),
         ("not an address", PASSWORD),
+        # Domains that are no domain name (a typo, a label too long): no 500 either.
+        ("juliet@example", PASSWORD),
+        ("juliet@localhost", PASSWORD),
+        ("juliet@" + "ü" * 70 + ".org", PASSWORD),
+        ("juliet@-bad-.org", PASSWORD),
     ]:
         verifications.clear()
         response = api_login(client, username, password)
         answers.append((response.status_code, response.content))
         assert len(verifications) == 1, username
 
-    assert answers[0] == answers[1] == answers[2]
+    assert all(answer == answers[0] for answer in answers)
     assert answers[0][0] == HTTPStatus.UNAUTHORIZED
     assert b'"user:badLogin"' in answers[0][1]
     assert not AccountSession.objects.exists()
@@ -203,6 +208,43 @@ def test_only_active_ready_accounts_log_in(
     # A wrong password to such an account gets the plain answer: nothing tells more.
     wrong = api_login(client, "juliet@example.org", PASSWORD + "x")
     assert wrong.json() == api_login(client, "nobody@example.org").json()
+
+
+def test_login_folds_the_name_as_registration_stores_it(client: Client, owner: MailAccount) -> None:
+    # Registration stores user names NFKC-folded (accounts.services.names): "juliet" typed
+    # with a full-width J registered "juliet", so typing it the same way at login finds it.
+    assert api_login(client, "\uff2auliet@example.org").status_code == HTTPStatus.OK
+
+
+@pytest.mark.parametrize("where", ["value", "cookie"])
+def test_a_login_token_with_non_ascii_characters_is_refused_not_a_crash(
+    client: Client, owner: MailAccount, verifications: list[str], where: str
+) -> None:
+    token = post_json(client, f"{API}/login-prep").json()["loginToken"]
+    body = {"loginToken": token, "username": "juliet@example.org", "password": PASSWORD}
+    if where == "value":
+        body["loginToken"] = "é" + token[1:]
+    else:
+        client.cookies[web.login_cookie_name()] = "é" + token[1:]
+
+    response = post_json(client, f"{API}/login", body)
+
+    assert response.status_code == HTTPStatus.FORBIDDEN
+    assert response.json()["code"] == "user:csrf"
+    assert verifications == []
+    assert not AccountSession.objects.exists()
+
+
+def test_a_user_agent_the_database_cannot_store_is_cleaned_not_a_crash(
+    owner: MailAccount,
+) -> None:
+    # gunicorn refuses NUL in a header, but other servers (and runserver) pass it on.
+    client = Client(HTTP_USER_AGENT="Phone\x00 Mail\x07 1.0")
+
+    response = api_login(client, "juliet@example.org")
+
+    assert response.status_code == HTTPStatus.OK
+    assert AccountSession.objects.get().user_agent == "Phone Mail 1.0"
 
 
 def test_login_while_holding_a_session_replaces_it(client: Client, owner: MailAccount) -> None:
@@ -260,6 +302,22 @@ def test_a_session_call_without_the_csrf_header_is_refused_and_with_it_works(
     assert refused.status_code == HTTPStatus.FORBIDDEN
     assert refused.json()["code"] == "user:csrf"
     assert works.status_code == HTTPStatus.OK
+
+
+@pytest.mark.parametrize(
+    "value", ["é", "ü" * 64, "\u2603"], ids=["latin-1", "64 latin-1", "beyond latin-1"]
+)
+def test_a_csrf_header_with_non_ascii_characters_is_refused_not_a_crash(
+    two_sessions: tuple[Client, Client], owner: MailAccount, value: str
+) -> None:
+    mine, _other = two_sessions
+    before = snapshot(owner)
+
+    response = post_json(mine, f"{API}/full-name", {"fullName": "Mallory"}, HTTP_X_CSRF_TOKEN=value)
+
+    assert response.status_code == HTTPStatus.FORBIDDEN
+    assert response.json()["code"] == "user:csrf"
+    assert snapshot(owner) == before
 
 
 @pytest.mark.parametrize("csrf_case", ["none", "bad", "good"])

@@ -241,9 +241,27 @@ def test_login_on_success_opens_a_new_session_whatever_cookie_the_client_held(
 
     juliet = post(client, message(loginOnSuccess=True)).json()["payload"]["loginPayload"]
 
-    # RELIABILITY.md check 15: the session id after login is never one held before.
+    # RELIABILITY.md check 15: the session id after login is never one held before, and the
+    # one held before ends, as at Login (no session id survives a login).
     assert juliet["sessionToken"] != held
     assert login_client(juliet).get("/api/v1/account").json()["address"] == "juliet@example.org"
+    stale = login_client(romeo.json()["payload"]["loginPayload"])
+    assert stale.get("/api/v1/account").json()["code"] == "user:badAuth"
+    assert AccountSession.objects.count() == 1
+
+
+def test_login_on_success_stores_a_user_agent_the_database_cannot_take_cleaned(
+    provider: Provider,
+) -> None:
+    # The account is made before the session: a crash there would answer 500 for an
+    # account that exists (and its retry id_exists).
+    client = Client(HTTP_USER_AGENT="Delta\x00Chat")
+
+    response = post(client, message(loginOnSuccess=True))
+
+    assert response.status_code == HTTPStatus.CREATED
+    assert "loginPayload" in response.json()["payload"]
+    assert AccountSession.objects.get().user_agent == "DeltaChat"
 
 
 def test_login_on_success_gives_no_session_to_an_account_awaiting_approval(

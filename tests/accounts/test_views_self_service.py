@@ -146,6 +146,43 @@ def test_wrong_password_and_unknown_address_get_the_same_page(
     assert PASSWORD.encode() not in wrong.content  # the password is never shown back
 
 
+@pytest.mark.parametrize(
+    "username", ["nobody@example.org", "juliet@example", "juliet@localhost", "juliet@-x-.org"]
+)
+def test_an_address_that_cannot_exist_gets_the_wrong_password_page(
+    client: Client, owner: MailAccount, username: str
+) -> None:
+    response = page_login(client, username)
+
+    assert response.status_code == HTTPStatus.UNAUTHORIZED
+    assert "Wrong address or password." in response.content.decode()
+    assert not AccountSession.objects.exists()
+
+
+def test_a_login_token_field_with_non_ascii_characters_is_refused_not_a_crash(
+    client: Client, owner: MailAccount
+) -> None:
+    client.get(f"{PAGES}login")
+    form = {"login_token": "é", "username": "juliet@example.org", "password": PASSWORD}
+
+    response = client.post(f"{PAGES}login", form)
+
+    assert response.status_code == HTTPStatus.FORBIDDEN
+    assert not AccountSession.objects.exists()
+
+
+def test_a_csrf_field_with_non_ascii_characters_is_refused_not_a_crash(
+    browser: Client, owner: MailAccount
+) -> None:
+    before = snapshot(owner)
+
+    response = browser.post(f"{PAGES}full-name", {"csrf": "é" * 64, "full_name": "Mallory"})
+
+    assert response.status_code == HTTPStatus.FORBIDDEN
+    assert b"Nothing was changed" in response.content
+    assert snapshot(owner) == before
+
+
 @pytest.mark.parametrize("status", [AccountStatus.APPROVAL, AccountStatus.DISABLED])
 def test_an_account_that_may_not_log_in_gets_no_session_from_the_page(
     client: Client, owner: MailAccount, status: str
