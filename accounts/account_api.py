@@ -14,6 +14,7 @@ from http import HTTPStatus
 from typing import Any
 
 from django.urls import reverse
+from django.views.decorators.debug import sensitive_variables
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions
 from rest_framework.request import Request
@@ -113,6 +114,7 @@ class AccountAPIView(APIView):
     def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response | None]:
         return account_error
 
+    @sensitive_variables("token")
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
         web.check_origin(request)
@@ -153,6 +155,7 @@ class LoginPrepView(AccountAPIView):
     needs_session = False
 
     @extend_schema(operation_id="account_login_prep", request=None, responses={200: LoginPrepOut})
+    @sensitive_variables("token")
     def post(self, request: Request) -> Response:
         ratelimit.enforce(request, ratelimit.LOGIN_PREP)
         token = sessions.issue_login_token()
@@ -169,6 +172,7 @@ class LoginView(AccountAPIView):
     @extend_schema(
         operation_id="account_login", request=LoginIn, responses={200: LoginOut, **_ERRORS}
     )
+    @sensitive_variables()  # the password: out of error reports (this frame and below)
     def post(self, request: Request) -> Response:
         data = self.validated(request, LoginIn)
         sessions.consume_login_token(token=data["loginToken"], cookie=web.login_cookie(request))
@@ -212,6 +216,7 @@ class PasswordView(AccountAPIView):
         responses={204: None, **_ERRORS},
         parameters=[_CSRF_PARAMETER],
     )
+    @sensitive_variables()  # both passwords: out of error reports (this frame and below)
     def post(self, request: Request) -> Response:
         data = self.validated(request, SetPasswordIn)
         account = self.current.account

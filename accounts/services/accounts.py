@@ -19,6 +19,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, InterfaceError, OperationalError, models, transaction
 from django.utils import timezone
 from django.utils.translation import gettext, gettext_noop
+from django.views.decorators.debug import sensitive_variables
 
 from accounts import passwords
 from accounts.mailbox import MailboxError, MailboxRequest, get_backend
@@ -220,6 +221,7 @@ def initial_status(domain: ProviderDomain, created_via: CreatedVia | str) -> Acc
     return AccountStatus.ACTIVE
 
 
+@sensitive_variables()  # the password (docs/self-service.md, "Error reports")
 def create_account(
     *,
     domain: str | ProviderDomain,
@@ -371,6 +373,7 @@ def roll_back_creation(*, account: MailAccount) -> bool:
     return bool(deleted)
 
 
+@sensitive_variables()  # the password (docs/self-service.md, "Error reports")
 def set_password(
     *,
     account: MailAccount,
@@ -408,6 +411,7 @@ class WrongPassword(InvalidInput):
     default_message = gettext_noop("The current password is wrong.")
 
 
+@sensitive_variables()  # both passwords (docs/self-service.md, "Error reports")
 def change_password(
     *, account: MailAccount, current_password: str, password: str, session: AccountSession
 ) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
+from django.views.decorators.debug import sensitive_variables
 
 from accounts import cpe3
 from accounts.models import AccountStatus, CreatedVia, MailAccount, RegistrationRequest
@@ -96,6 +97,7 @@ def request_fingerprint(body: Mapping[str, Any]) -> str:
     return salted_hmac(_HMAC_SALT, canonical, algorithm="sha256").hexdigest()
 
 
+@sensitive_variables()  # the body holds the password (docs/self-service.md, "Error reports")
 def register_inband(
     *, registration: InbandRegistration, idempotency_key: str, request_body: Mapping[str, Any]
 ) -> cpe3.Answer:

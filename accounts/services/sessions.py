@@ -24,6 +24,7 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from django.utils.translation import gettext, gettext_noop
 from django.utils.translation import gettext_lazy as _
+from django.views.decorators.debug import sensitive_variables
 
 from accounts import passwords
 from accounts.models import AccountSession, AccountStatus, MailAccount, MailboxState
@@ -41,6 +42,9 @@ TOUCH_SECONDS = 60
 USER_AGENT_LENGTH = 300
 _CSRF_SALT = "accounts.services.sessions.csrf"
 _LOGIN_TOKEN_PREFIX = "accounts.login-token:"  # noqa: S105 - a cache key prefix
+# Names of the variables holding a session token, CSRF value or login token: error reports
+# show them only as stars (sensitive_variables; docs/self-service.md, "Error reports").
+_SECRETS = ("token", "csrf_token", "cookie", "replaces", "typed", "expected")
 
 
 class _Translated(PortalError):
@@ -115,11 +119,13 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+@sensitive_variables(*_SECRETS)
 def csrf_token_for(token: str) -> str:
     """The CSRF value of the session behind `token` (an HMAC under SECRET_KEY)."""
     return salted_hmac(_CSRF_SALT, token, algorithm="sha256").hexdigest()
 
 
+@sensitive_variables(*_SECRETS)
 def _same(typed: str, expected: str) -> bool:
     """Constant-time equality of two strings, whatever characters the client sent.
 
@@ -131,6 +137,7 @@ def _same(typed: str, expected: str) -> bool:
     )
 
 
+@sensitive_variables(*_SECRETS)
 def check_csrf(*, token: str | None, csrf_token: str | None) -> None:
     """CSRFRefused unless `csrf_token` is the CSRF value of the session behind `token`."""
     if not token or not csrf_token:
@@ -142,6 +149,7 @@ def check_csrf(*, token: str | None, csrf_token: str | None) -> None:
 # ----- LoginPrep ----------------------------------------------------------------------------
 
 
+@sensitive_variables(*_SECRETS)
 def issue_login_token() -> str:
     """A new single-use login token, valid for LOGIN_TOKEN_SECONDS (LoginPrep).
 
@@ -159,6 +167,7 @@ def issue_login_token() -> str:
     return token
 
 
+@sensitive_variables(*_SECRETS)
 def consume_login_token(*, token: str | None, cookie: str | None) -> None:
     """Use up a login token; CSRFRefused unless value and cookie agree and it is unused.
 
@@ -232,6 +241,7 @@ _NOT_ACTIVE = {
 }
 
 
+@sensitive_variables()  # the password (docs/self-service.md, "Error reports")
 def log_in(
     *, username: str, password: str, client: ClientInfo, replaces: str | None = None
 ) -> NewSession:
@@ -274,6 +284,7 @@ def _refused(address: str, client: ClientInfo, why: str, message: str | None = N
     return BadLogin(message)
 
 
+@sensitive_variables(*_SECRETS)
 def open_session(
     *, account: MailAccount, client: ClientInfo, replaces: str | None = None
 ) -> NewSession:
@@ -312,6 +323,7 @@ def _expiry(*, created_at: datetime, used_at: datetime) -> datetime:
     )
 
 
+@sensitive_variables(*_SECRETS)
 def authenticate(*, token: str | None) -> AccountSession:
     """The live session behind a session token, its expiry moved forward by this use.
 

@@ -743,6 +743,53 @@ def test_no_token_is_stored_in_clear(client: Client, owner: MailAccount) -> None
     assert token_hash(token) in stored
 
 
+# ----- Error reports: no password, no token ------------------------------------------------------
+
+CLEANSED = "********************"  # Django's mark of a value kept out of a report
+
+
+def test_the_error_report_of_a_failing_login_holds_no_password_and_no_token(
+    client: Client,
+    owner: MailAccount,
+    error_reports: Callable[[], str],
+    hasher_breaks: Callable[[], None],
+) -> None:
+    held = logged_in(client, "juliet@example.org")  # a cookie the failing login carries
+    hasher_breaks()
+    client.raise_request_exception = False
+    token = post_json(client, f"{API}/login-prep").json()["loginToken"]
+    body = {"loginToken": token, "username": "juliet@example.org", "password": PASSWORD}
+
+    response = post_json(client, f"{API}/login", body)
+
+    assert response.status_code == HTTPStatus.INTERNAL_SERVER_ERROR
+    report = error_reports()
+    assert "the hasher is out of order" in report and "log_in" in report
+    assert CLEANSED in report  # the frames' variables are there, cleansed
+    for secret in (PASSWORD, token, held, client.defaults["HTTP_X_CSRF_TOKEN"]):
+        assert secret not in report
+
+
+def test_the_error_report_of_a_failing_set_password_holds_neither_password(
+    client: Client,
+    owner: MailAccount,
+    error_reports: Callable[[], str],
+    hasher_breaks: Callable[[], None],
+) -> None:
+    held = logged_in(client, "juliet@example.org")
+    hasher_breaks()
+    client.raise_request_exception = False
+
+    response = set_password(client, PASSWORD, NEW_PASSWORD)
+
+    assert response.status_code == HTTPStatus.INTERNAL_SERVER_ERROR
+    report = error_reports()
+    assert "the hasher is out of order" in report and "change_password" in report
+    assert CLEANSED in report
+    for secret in (PASSWORD, NEW_PASSWORD, held, client.defaults["HTTP_X_CSRF_TOKEN"]):
+        assert secret not in report
+
+
 # ----- Login brute force (RELIABILITY.md check 13) ------------------------------------------------
 
 

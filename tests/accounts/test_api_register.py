@@ -250,6 +250,29 @@ def test_login_on_success_opens_a_new_session_whatever_cookie_the_client_held(
     assert AccountSession.objects.count() == 1
 
 
+def test_the_error_report_of_a_failing_registration_holds_no_password_and_no_token(
+    client: Client,
+    provider: Provider,
+    error_reports: Callable[[], str],
+    hasher_breaks: Callable[[], None],
+) -> None:
+    held = post(client, message(username="romeo", thirdPIDs=[], loginOnSuccess=True)).json()
+    token = held["payload"]["loginPayload"]["sessionToken"]
+    client.cookies[web.session_cookie_name()] = token
+    hasher_breaks()
+    client.raise_request_exception = False
+    canary = f"Canary-{secrets.token_hex(8)}"
+
+    response = post(client, message(password=canary, loginOnSuccess=True))
+
+    assert response.status_code == HTTPStatus.INTERNAL_SERVER_ERROR
+    report = error_reports()
+    assert "the hasher is out of order" in report and "create_account" in report
+    assert "********************" in report  # the frames' variables, cleansed
+    assert canary not in report
+    assert token not in report
+
+
 def test_login_on_success_stores_a_user_agent_the_database_cannot_take_cleaned(
     provider: Provider,
 ) -> None:

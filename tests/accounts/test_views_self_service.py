@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -361,6 +362,61 @@ def test_logout_ends_the_session_and_the_old_cookie_opens_nothing(
     replay.cookies[web.session_cookie_name()] = token
     assert replay.get(PAGES).status_code == HTTPStatus.FOUND
     assert "You are logged out." in browser.get(response["Location"]).content.decode()
+
+
+# ----- Error reports: no password, no token ------------------------------------------------------
+
+CLEANSED = "********************"  # Django's mark of a value kept out of a report
+
+
+def test_the_error_report_of_a_failing_page_login_holds_no_password_and_no_token(
+    browser: Client,
+    error_reports: Callable[[], str],
+    hasher_breaks: Callable[[], None],
+) -> None:
+    held = session_of(browser)  # logging in again while logged in: the cookie goes along
+    form_page = Client().get(f"{PAGES}login")
+    token = hidden(form_page, "login_token")
+    browser.cookies[web.login_cookie_name()] = token
+    hasher_breaks()
+    browser.raise_request_exception = False
+
+    response = browser.post(
+        f"{PAGES}login",
+        {"login_token": token, "username": "juliet@example.org", "password": PASSWORD},
+    )
+
+    assert response.status_code == HTTPStatus.INTERNAL_SERVER_ERROR
+    report = error_reports()
+    assert "the hasher is out of order" in report and "log_in" in report
+    assert f"password = '{CLEANSED}'" in report  # the POST section, cleansed
+    for secret in (PASSWORD, token, held):
+        assert secret not in report
+
+
+def test_the_error_report_of_a_failing_password_form_holds_no_password(
+    browser: Client,
+    error_reports: Callable[[], str],
+    hasher_breaks: Callable[[], None],
+) -> None:
+    csrf = csrf_of(browser)
+    hasher_breaks()
+    browser.raise_request_exception = False
+    form = {
+        "csrf": csrf,
+        "current_password": PASSWORD,
+        "password": NEW_PASSWORD,
+        "password_again": NEW_PASSWORD,
+    }
+
+    response = browser.post(f"{PAGES}password", form)
+
+    assert response.status_code == HTTPStatus.INTERNAL_SERVER_ERROR
+    report = error_reports()
+    assert "the hasher is out of order" in report and "change_password" in report
+    assert f"current_password = '{CLEANSED}'" in report
+    for secret in (PASSWORD, NEW_PASSWORD, session_of(browser), csrf):
+        assert secret not in report
 
 
 # ----- CSRF matrix of the pages (RELIABILITY.md check 17) -----------------------------------------
