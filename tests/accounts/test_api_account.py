@@ -833,11 +833,13 @@ def test_more_than_ten_failures_a_minute_from_one_address_are_refused_for_the_wi
     assert {r.json()["code"] for r in failures} == {"user:badLogin"}
     assert refused.status_code == HTTPStatus.TOO_MANY_REQUESTS
     assert refused.json()["code"] == "user:rateLimited"
-    assert 0 < int(refused["Retry-After"]) <= 60
+    # Until the failures have aged out: a minute, plus at most one of the window's six slices.
+    assert 0 < int(refused["Retry-After"]) <= 60 + 10
     assert verifications == []  # no password is checked past the limit
     other_ip = new_ip()
     assert attempt(target, PASSWORD, other_ip).status_code == HTTPStatus.OK
-    with time_machine.travel(limits_on + timedelta(seconds=60), tick=False):
+    wait = timedelta(seconds=int(refused["Retry-After"]))
+    with time_machine.travel(limits_on + wait, tick=False):
         assert attempt(target, PASSWORD, ip).status_code == HTTPStatus.OK
 
 
@@ -855,9 +857,67 @@ def test_no_more_than_a_hundred_failures_an_hour_on_one_account(
     assert refused.status_code == HTTPStatus.TOO_MANY_REQUESTS
     assert refused.json()["code"] == "user:rateLimited"
     assert len(verifications) == 100  # the 101st guess was never checked
-    assert 0 < int(refused["Retry-After"]) <= 3600
+    assert 0 < int(refused["Retry-After"]) <= 3600 + 600  # an hour and at most a slice
     # Another account is not locked by guesses at this one.
     assert attempt("juliet@example.org", PASSWORD, new_ip()).status_code == HTTPStatus.OK
+
+
+def test_the_address_limit_holds_across_the_turn_of_a_minute(
+    target: str, limits_on: datetime, verifications: list[str]
+) -> None:
+    # Ten failures in the last seconds of one clock minute, then more in the first seconds
+    # of the next: a fixed window would let ten more through, twenty in eleven seconds.
+    ip = new_ip()
+    with time_machine.travel(limits_on + timedelta(seconds=50), tick=False):
+        for _ in range(10):
+            assert attempt(target, "wrong", ip).status_code == HTTPStatus.UNAUTHORIZED
+    verifications.clear()
+    later = limits_on + timedelta(seconds=61)
+    with time_machine.travel(later, tick=False):
+        refused = attempt(target, PASSWORD, ip)
+
+    assert refused.status_code == HTTPStatus.TOO_MANY_REQUESTS
+    assert verifications == []
+    # Retry-After is honest: a second earlier still refused, then the failures have aged out.
+    wait = int(refused["Retry-After"])
+    assert 0 < wait <= 60
+    with time_machine.travel(later + timedelta(seconds=wait - 1), tick=False):
+        assert attempt(target, PASSWORD, ip).status_code == HTTPStatus.TOO_MANY_REQUESTS
+    with time_machine.travel(later + timedelta(seconds=wait), tick=False):
+        assert attempt(target, PASSWORD, ip).status_code == HTTPStatus.OK
+
+
+def test_the_account_limit_holds_across_the_turn_of_an_hour(
+    target: str, limits_on: datetime, settings: Any
+) -> None:
+    settings.LOGIN_FAILURES_PER_ACCOUNT_RATE = "5/h"  # the same code path, fewer hashes
+    with time_machine.travel(limits_on + timedelta(minutes=55), tick=False):
+        for _ in range(5):
+            assert attempt(target, "wrong", new_ip()).status_code == HTTPStatus.UNAUTHORIZED
+    with time_machine.travel(limits_on + timedelta(minutes=61), tick=False):
+        refused = attempt(target, PASSWORD, new_ip())
+
+    assert refused.status_code == HTTPStatus.TOO_MANY_REQUESTS
+    assert 0 < int(refused["Retry-After"]) <= 3600
+
+
+def test_refused_attempts_do_not_prolong_the_account_limit(
+    target: str, limits_on: datetime, settings: Any
+) -> None:
+    # A guesser who keeps knocking once the limit is reached checks no password, so the
+    # account opens again when its failures age out, not an hour after the last knock.
+    settings.LOGIN_FAILURES_PER_ACCOUNT_RATE = "5/h"
+    for _ in range(5):
+        assert attempt(target, "wrong", new_ip()).status_code == HTTPStatus.UNAUTHORIZED
+    for minutes in (10, 30, 50, 59):
+        with time_machine.travel(limits_on + timedelta(minutes=minutes), tick=False):
+            knock = attempt(target, "wrong", new_ip())
+            assert knock.status_code == HTTPStatus.TOO_MANY_REQUESTS
+    opens = limits_on + timedelta(minutes=59, seconds=int(knock["Retry-After"]))
+
+    with time_machine.travel(opens, tick=False):
+        assert attempt(target, PASSWORD, new_ip()).status_code == HTTPStatus.OK
+    assert opens <= limits_on + timedelta(minutes=70)
 
 
 def test_names_that_do_not_exist_are_limited_alike(
@@ -891,6 +951,20 @@ def test_a_success_resets_only_that_addresss_failures(target: str, limits_on: da
         assert attempt(target, "wrong", lucky).status_code == 401
     assert attempt(target, "wrong", unlucky).status_code == 401  # its 10th
     assert attempt(target, PASSWORD, unlucky).status_code == 429
+
+
+def test_a_success_forgives_only_the_addresss_failures_on_the_name_it_logged_in_as(
+    target: str, owner: MailAccount, limits_on: datetime
+) -> None:
+    # Someone guessing at other people's passwords cannot wipe the slate clean by logging
+    # in to an account of their own now and then.
+    ip = new_ip()
+    for _ in range(9):
+        assert attempt(target, "wrong", ip).status_code == HTTPStatus.UNAUTHORIZED
+    assert attempt("juliet@example.org", PASSWORD, ip).status_code == HTTPStatus.OK
+
+    assert attempt(target, "wrong", ip).status_code == HTTPStatus.UNAUTHORIZED  # the 10th
+    assert attempt(target, PASSWORD, ip).status_code == HTTPStatus.TOO_MANY_REQUESTS
 
 
 def test_login_prep_logout_and_password_changes_reset_no_counter(
