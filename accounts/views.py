@@ -286,6 +286,8 @@ def change_password(request: HttpRequest, session: AccountSession) -> HttpRespon
     except WrongPassword as exc:
         form.add_error("current_password", exc.message)
         return _overview(request, session, password_form=form)
+    except (NoAuth, BadAuth) as exc:  # ended meanwhile (another password change, a revoke)
+        return _refusal(request, exc)
     except PortalError as exc:
         if exc.status >= HTTPStatus.TOO_MANY_REQUESTS:
             return _overview(request, session, password_form=PasswordForm(), error=exc)

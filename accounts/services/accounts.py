@@ -6,7 +6,7 @@ import logging
 import secrets
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from types import SimpleNamespace
 from typing import ClassVar
@@ -387,6 +387,8 @@ def set_password(
     `mailbox_failed`. Side effects: the hash and password_changed_at are updated inside a
     transaction in which the backend changes the mailbox (which ends the open IMAP sessions
     where it can) and every self-service session of the account but `keep_session` ends.
+    If the mail server refuses, nothing changes: neither the row, nor the sessions, nor
+    `account` itself (it takes the new hash only once the change is made).
     """
     if check_policy:
         email = account.third_pids.filter(kind="email").values_list("value", flat=True).first()
@@ -397,12 +399,16 @@ def set_password(
             full_name=account.full_name,
             email=email or "",
         )
-    account.password = passwords.hash_password(password)
-    account.password_changed_at = timezone.now()
+    encoded = passwords.hash_password(password)
+    changed_at = timezone.now()
     with transaction.atomic():
-        account.save(update_fields=["password", "password_changed_at", "updated_at"])
+        MailAccount.objects.filter(pk=account.pk).update(
+            password=encoded, password_changed_at=changed_at, updated_at=changed_at
+        )
         sessions.end_other_sessions(account=account, keep=keep_session)
-        get_backend().set_password(mailbox_request(account, password))
+        told = mailbox_request(account, password)
+        get_backend().set_password(replace(told, password_hash=passwords.dovecot_form(encoded)))
+    account.password, account.password_changed_at = encoded, changed_at
     logger.info("password changed: %s", account.address)
 
 
@@ -417,16 +423,24 @@ def change_password(
 ) -> None:
     """The owner's password change (SetPassword): the current password first (ASVS 6.2.3).
 
-    The hasher runs once for the current password, then the policy and set_password.
-    Errors: `wrong_password`, `weak_password` (also for the current password again),
-    `mailbox_failed`. Side effects: those of
+    The hasher runs once for the current password, then the policy and set_password. The
+    account's row is locked meanwhile and the asking session must still be open, so of two
+    changes at once (two browsers of the owner) the second finds its session ended by the
+    first and is refused, instead of both succeeding and leaving no session and a password
+    one of them does not know.
+    Errors: `user:badAuth` (the session ended meanwhile), `wrong_password`, `weak_password`
+    (also for the current password again), `mailbox_failed`. Side effects: those of
     set_password; `session`, the one asking, stays open and every other one ends.
     """
-    if not passwords.verify_password(current_password, account.password):
-        raise WrongPassword(gettext(WrongPassword.default_message))
-    if password == current_password:
-        raise WeakPassword(gettext("The new password must differ from the current one."))
-    set_password(account=account, password=password, keep_session=session)
+    with transaction.atomic():
+        locked = MailAccount.objects.select_for_update(of=("self",)).get(pk=account.pk)
+        if not AccountSession.objects.filter(pk=session.pk).exists():
+            raise sessions.BadAuth()
+        if not passwords.verify_password(current_password, locked.password):
+            raise WrongPassword(gettext(WrongPassword.default_message))
+        if password == current_password:
+            raise WeakPassword(gettext("The new password must differ from the current one."))
+        set_password(account=account, password=password, keep_session=session)
 
 
 FULL_NAME_MAX_LENGTH = 200

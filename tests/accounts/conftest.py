@@ -55,6 +55,12 @@ class MailServer:
         boxes[address] = {"hash": "{ARGON2ID}elsewhere", "enabled": enabled, "limit": 0}
         self.state.write_text(json.dumps(boxes), encoding="utf-8")
 
+    def lose(self, address: str) -> None:
+        """The mail server no longer has the mailbox: it refuses every change to it."""
+        boxes = self.mailboxes()
+        del boxes[address]
+        self.state.write_text(json.dumps(boxes), encoding="utf-8")
+
     def store(self, address: str, used_bytes: int) -> None:
         """Mail arrived: the mailbox now uses `used_bytes`."""
         boxes = self.mailboxes()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ from typing import Any
 import argon2
 import pytest
 import time_machine
+from django.db import connection, connections, transaction
 from django.test import Client
 
 from accounts import web
@@ -27,13 +29,17 @@ from accounts.services.sessions import token_hash
 from tests.accounts.conftest import MailServer
 from tests.accounts.self_service import (
     API,
+    PAGES,
     PASSWORD,
     api_login,
+    hidden,
     logged_in,
+    page_login,
     post_json,
     session_id,
     session_of,
 )
+from tests.conftest import need_service
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_rate_limit")]
 NEW_PASSWORD = "Nightingale-not-lark-7"
@@ -555,6 +561,96 @@ def test_set_password_ends_every_other_session_and_this_one_continues(
     assert AccountSession.objects.count() == 1
     assert api_login(Client(), "juliet@example.org", PASSWORD).status_code == 401
     assert api_login(Client(), "juliet@example.org", NEW_PASSWORD).status_code == 200
+
+
+def test_set_password_changes_nothing_when_the_mail_server_refuses(
+    mail_server: MailServer, two_sessions: tuple[Client, Client], owner: MailAccount
+) -> None:
+    mine, other = two_sessions
+    mail_server.lose("juliet@example.org")
+    before = snapshot(owner)
+
+    response = set_password(mine, PASSWORD, NEW_PASSWORD)
+
+    assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
+    assert response.json()["code"] == "server:error"
+    assert snapshot(owner) == before  # the hash, and every session
+    assert other.get(API).status_code == HTTPStatus.OK
+    assert mine.get(API).status_code == HTTPStatus.OK
+    assert api_login(Client(), "juliet@example.org", PASSWORD).status_code == HTTPStatus.OK
+    assert api_login(Client(), "juliet@example.org", NEW_PASSWORD).status_code == 401
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("second_via", ["api", "page"])
+def test_two_password_changes_at_once_leave_one_password_and_its_session(
+    owner: MailAccount, second_via: str
+) -> None:
+    # Two browsers of the owner change the password at the same moment. Each ends the
+    # other's session: one must win with its session and its password, the other be
+    # told its session ended; never both succeed with no session left and a password
+    # one of them does not know.
+    if connection.vendor != "postgresql":
+        need_service("PostgreSQL", "the race needs connections that wait for a row lock")
+    first, second = Client(), Client()
+    logged_in(first, "juliet@example.org")
+    if second_via == "page":
+        page_login(second, "juliet@example.org")
+        csrf = hidden(second.get(PAGES), "csrf")
+    else:
+        logged_in(second, "juliet@example.org")
+    answers: dict[str, int] = {}
+
+    def change(name: str, client: Client, new: str) -> None:
+        try:
+            if name == "second" and second_via == "page":
+                form = {"csrf": csrf, "current_password": PASSWORD}
+                form |= {"password": new, "password_again": new}
+                answers[name] = client.post(f"{PAGES}password", form).status_code
+            else:
+                answers[name] = set_password(client, PASSWORD, new).status_code
+        finally:
+            connections.close_all()
+
+    threads = [
+        threading.Thread(target=change, args=("first", first, NEW_PASSWORD)),
+        threading.Thread(target=change, args=("second", second, NEW_PASSWORD + "-2")),
+    ]
+    with transaction.atomic():
+        # Hold the account's row, so both changes are under way before either can finish.
+        MailAccount.objects.select_for_update().get(pk=owner.pk)
+        for thread in threads:
+            thread.start()
+        wait_for_lock_waiters(2)
+    for thread in threads:
+        thread.join(timeout=60)
+
+    succeeded = {HTTPStatus.NO_CONTENT, HTTPStatus.SEE_OTHER}
+    winners = [name for name, status in answers.items() if status in succeeded]
+    assert len(winners) == 1, answers
+    [loser] = {"first", "second"} - set(winners)
+    assert answers[loser] == HTTPStatus.UNAUTHORIZED  # its session was ended by the winner
+    winner = first if winners == ["first"] else second
+    new = NEW_PASSWORD if winner is first else NEW_PASSWORD + "-2"
+    assert AccountSession.objects.get().pk == session_id(winner)
+    assert api_login(Client(), "juliet@example.org", new).status_code == HTTPStatus.OK
+
+
+def wait_for_lock_waiters(count: int) -> None:
+    """Until `count` other connections of this database wait for a lock (PostgreSQL)."""
+    for _ in range(600):
+        with connection.cursor() as cursor:
+            # Inside a transaction the statistics views are a snapshot: take a fresh one.
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            if cursor.fetchone()[0] >= count:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"{count} connections never waited for the lock")
 
 
 @pytest.mark.parametrize(
