@@ -19,6 +19,7 @@ import ipaddress
 from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase
 from django.utils.cache import add_never_cache_headers
+from django.utils.translation import gettext
 
 from accounts.services.sessions import ClientInfo, CSRFRefused
 from portal.proxies import client_ip
@@ -93,10 +94,10 @@ def check_origin(request: HttpRequest) -> None:
     if origin is not None:
         own = {f"{request.scheme}://{request.get_host()}", settings.PORTAL_BASE_URL}
         if origin.rstrip("/") not in own:
-            raise CSRFRefused("This request came from another site's page.")
+            raise CSRFRefused(gettext("This request came from another site's page."))
     site = request.headers.get("Sec-Fetch-Site")
     if site is not None and site not in _OWN_FETCH_SITES:
-        raise CSRFRefused("This request came from another site's page.")
+        raise CSRFRefused(gettext("This request came from another site's page."))
 
 
 def client_info(request: HttpRequest) -> ClientInfo:

@@ -16,6 +16,7 @@ from http import HTTPStatus
 from django.conf import settings
 from django.core.cache import caches
 from django.http import HttpRequest, JsonResponse
+from django.utils.translation import gettext, gettext_noop, ngettext
 from django_ratelimit.core import get_usage
 
 from portal.errors import PortalError, ServiceUnavailable
@@ -273,7 +274,13 @@ def credential_attempt(
         raise RateLimiterUnavailable() from None
     if over:
         _take_back(counters)
-        raise RateLimited(retry_after=max(counter.retry_after for counter in over))
+        wait = max(counter.retry_after for counter in over)
+        message = ngettext(
+            "Too many failed attempts; try again in %(seconds)d second.",
+            "Too many failed attempts; try again in %(seconds)d seconds.",
+            wait,
+        )
+        raise RateLimited(retry_after=wait, message=message % {"seconds": wait})
     try:
         yield
     except failure:
@@ -308,15 +315,23 @@ class RateLimited(PortalError):
 
     def __init__(self, retry_after: int, message: str | None = None) -> None:
         self.retry_after = retry_after
-        super().__init__(message or f"Too many requests; retry in {retry_after} s.")
+        default = ngettext(
+            "Too many requests; try again in %(seconds)d second.",
+            "Too many requests; try again in %(seconds)d seconds.",
+            retry_after,
+        )
+        super().__init__(message or default % {"seconds": retry_after})
 
 
 class RateLimiterUnavailable(ServiceUnavailable):
     """The counter store (the cache) did not answer: refuse rather than go unlimited."""
 
     code = "ratelimit_unavailable"
-    default_message = "The service is busy; try again shortly."
+    default_message = gettext_noop("The service is busy; try again shortly.")
     retry_after = 30
+
+    def __init__(self, message: str | None = None, *, code: str | None = None) -> None:
+        super().__init__(message or gettext(self.default_message), code=code)
 
 
 def enforce(request: HttpRequest, policy: Policy, *, rate: str | None = None) -> None:

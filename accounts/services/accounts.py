@@ -429,7 +429,8 @@ def change_password(
     first and is refused, instead of both succeeding and leaving no session and a password
     one of them does not know.
     Errors: `user:badAuth` (the session ended meanwhile), `wrong_password`, `weak_password`
-    (also for the current password again), `mailbox_failed`. Side effects: those of
+    (also for the current password again), `mailbox_failed` (in words for the owner; the
+    mail server's own are logged). Side effects: those of
     set_password; `session`, the one asking, stays open and every other one ends.
     """
     with transaction.atomic():
@@ -440,7 +441,19 @@ def change_password(
             raise WrongPassword(gettext(WrongPassword.default_message))
         if password == current_password:
             raise WeakPassword(gettext("The new password must differ from the current one."))
-        set_password(account=account, password=password, keep_session=session)
+        try:
+            set_password(account=account, password=password, keep_session=session)
+        except MailboxError as exc:
+            # The mail server's own words (a program's stderr) are the operator's, not
+            # the owner's: logged here, and the owner told what it means for them.
+            logger.warning("password change of %s refused: %s", account.address, exc.message)
+            raise MailboxError(
+                gettext(
+                    "Your password was not changed: the mail server did not take the new "
+                    "one. Try again shortly."
+                ),
+                outcome_unknown=exc.outcome_unknown,
+            ) from None
 
 
 FULL_NAME_MAX_LENGTH = 200

@@ -574,6 +574,8 @@ def test_set_password_changes_nothing_when_the_mail_server_refuses(
 
     assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
     assert response.json()["code"] == "server:error"
+    assert response.json()["message"].startswith("Your password was not changed")
+    assert "no mailbox" not in response.json()["message"]  # the program's stderr: logged only
     assert snapshot(owner) == before  # the hash, and every session
     assert other.get(API).status_code == HTTPStatus.OK
     assert mine.get(API).status_code == HTTPStatus.OK

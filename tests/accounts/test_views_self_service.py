@@ -508,3 +508,96 @@ def test_the_pages_speak_german_to_a_german_browser(client: Client, owner: MailA
     assert "Anmelden" in login.content.decode()
     assert "Adresse oder Passwort falsch." in refused.content.decode()
     assert "Wo Sie angemeldet sind" in overview and "Passwort ändern" in overview
+
+
+def test_refusals_speak_german_to_a_german_browser(
+    browser: Client, owner: MailAccount, mail_server: MailServer
+) -> None:
+    foreign = browser.post(
+        f"{PAGES}full-name",
+        {"csrf": csrf_of(browser), "full_name": "Mallory"},
+        HTTP_ORIGIN="https://evil.example",
+        HTTP_ACCEPT_LANGUAGE="de",
+    )
+    assert "Diese Anfrage kam von der Seite einer anderen Website." in foreign.content.decode()
+
+
+def test_a_refused_password_change_says_so_in_words_of_its_own_and_in_german(
+    mail_server: MailServer, owner: MailAccount
+) -> None:
+    browser = Client()
+    page_login(browser, "juliet@example.org")
+    mail_server.lose("juliet@example.org")
+    form = {"csrf": csrf_of(browser), "current_password": PASSWORD}
+    form |= {"password": NEW_PASSWORD, "password_again": NEW_PASSWORD}
+
+    response = browser.post(f"{PAGES}password", form, HTTP_ACCEPT_LANGUAGE="de")
+
+    assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
+    text = response.content.decode()
+    assert "Ihr Passwort wurde nicht geändert" in text
+    assert "no mailbox" not in text  # the mail server's own words stay in the log
+
+
+def test_the_login_limit_answers_a_german_page_with_retry_after(
+    owner: MailAccount, settings: Any, redis_client: Any
+) -> None:
+    settings.RATELIMIT_ENABLE = True
+    settings.LOGIN_FAILURES_PER_IP_RATE = "1/m"
+    client = Client(REMOTE_ADDR=f"2001:db8:{secrets.randbelow(0xFFFF):x}::1")
+    assert page_login(client, "juliet@example.org", "wrong").status_code == 401
+
+    response = page_login(client, "juliet@example.org", HTTP_ACCEPT_LANGUAGE="de")
+
+    assert response.status_code == HTTPStatus.TOO_MANY_REQUESTS
+    assert 0 < int(response["Retry-After"]) <= 70
+    assert "Zu viele Fehlversuche" in response.content.decode()
+    assert not AccountSession.objects.exists()
+
+
+# ----- accessibility ---------------------------------------------------------------------------
+
+
+def described_by(page: str, field: str) -> list[str]:
+    """The texts of the elements the input `field` names in aria-describedby (each must exist)."""
+    found = re.search(rf'<input[^>]*name="{field}"[^>]*>', page)
+    assert found is not None, field
+    named = re.search(r'aria-describedby="([^"]*)"', found.group(0))
+    texts = []
+    for ident in named.group(1).split() if named else []:
+        element = re.search(rf'<(\w+)[^>]*id="{ident}"[^>]*>(.*?)</\1>', page, re.DOTALL)
+        assert element is not None, f"{field}: aria-describedby names {ident}, not in the page"
+        texts.append(re.sub(r"<[^>]+>", "", element.group(2)).strip())
+    return texts
+
+
+def test_a_fields_error_is_tied_to_its_input(browser: Client) -> None:
+    form = {"csrf": csrf_of(browser), "current_password": PASSWORD + "x"}
+    form |= {"password": NEW_PASSWORD, "password_again": NEW_PASSWORD}
+
+    page = browser.post(f"{PAGES}password", form).content.decode()
+
+    assert "The current password is wrong." in described_by(page, "current_password")
+    current = re.search(r'<input[^>]*name="current_password"[^>]*>', page)
+    assert current is not None
+    assert 'aria-invalid="true"' in current.group(0)
+    assert "autofocus" in current.group(0)  # without JavaScript, the cursor goes there
+    assert described_by(page, "password") == [
+        "At least 8 characters. Your other sessions and mail apps are logged out."
+    ]
+
+
+def test_each_end_button_names_its_session(browser: Client, owner: MailAccount) -> None:
+    # Two buttons both called "End" say nothing to a screen reader: each is described by
+    # its session's device cell.
+    logged_in(Client(HTTP_USER_AGENT="Juliet's phone"), "juliet@example.org")
+    page = browser.get(PAGES).content.decode()
+
+    buttons = re.findall(r'<button[^>]*aria-describedby="([^"]*)"[^>]*>\s*(?:End|Log out)', page)
+    devices = []
+    for ident in buttons:
+        cell = re.search(rf'<td id="{ident}">(.*?)</td>', page, re.DOTALL)
+        assert cell is not None, ident
+        devices.append(cell.group(1))
+    assert len(devices) == 2
+    assert any("Juliet&#x27;s phone" in device for device in devices)
