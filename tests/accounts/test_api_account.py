@@ -357,6 +357,8 @@ def test_only_a_good_session_with_its_good_csrf_value_gets_through(
 
     if session_case == csrf_case == "good":
         assert response.status_code in {HTTPStatus.OK, HTTPStatus.NO_CONTENT}
+        # and it did what it says: a read changes nothing, every other call something
+        assert (snapshot(owner) == before) == (method == "get")
         return
     expected = {"none": "user:noAuth", "bad": "user:badAuth"}.get(session_case, "user:csrf")
     assert response.json()["code"] == expected
@@ -833,12 +835,25 @@ def test_revoking_this_session_logs_out(client: Client, owner: MailAccount) -> N
     assert not AccountSession.objects.exists()
 
 
-def test_no_token_is_stored_in_clear(client: Client, owner: MailAccount) -> None:
-    token = logged_in(client, "juliet@example.org")
-    csrf = client.defaults["HTTP_X_CSRF_TOKEN"]
-    stored = [str(value) for row in AccountSession.objects.values_list() for value in row]
-    assert token not in stored and csrf not in stored
-    assert token_hash(token) in stored
+def test_no_token_is_stored_in_clear(client: Client, owner: MailAccount, redis_client: Any) -> None:
+    login_token = post_json(client, f"{API}/login-prep").json()["loginToken"]
+    unused = post_json(Client(), f"{API}/login-prep").json()["loginToken"]  # still in the cache
+    body = {"loginToken": login_token, "username": "juliet@example.org", "password": PASSWORD}
+    csrf = post_json(client, f"{API}/login", body).json()["csrfToken"]
+    token = session_of(client)
+
+    rows = " ".join(str(value) for row in AccountSession.objects.values_list() for value in row)
+    # The cache (Redis) holds login tokens by their hash only, and nothing of a session.
+    cached = b" ".join(
+        key + b" " + (redis_client.get(key) or b"")
+        for key in redis_client.scan_iter()
+        if redis_client.type(key) == b"string"
+    )
+    assert token_hash(token) in rows
+    assert token_hash(unused).encode() in cached  # where the tokens would be, looked at
+    for secret in (token, csrf, login_token, unused):
+        assert secret not in rows
+        assert secret.encode() not in cached
 
 
 # ----- Error reports: no password, no token ------------------------------------------------------

@@ -460,6 +460,7 @@ def test_only_a_good_session_with_its_good_csrf_field_gets_a_form_through(
 
     if session_case == csrf_case == "good":
         assert response.status_code == HTTPStatus.SEE_OTHER
+        assert snapshot(owner) != before  # and the form did its change
         return
     expected = HTTPStatus.FORBIDDEN if session_case == "good" else HTTPStatus.UNAUTHORIZED
     assert response.status_code == expected
