@@ -347,9 +347,14 @@ def authenticate(*, token: str | None) -> AccountSession:
         end_other_sessions(account=session.account, keep=None)
         raise BadAuth()
     if now - session.last_used_at >= timedelta(seconds=TOUCH_SECONDS):
-        session.last_used_at = now
-        session.expires_at = _expiry(created_at=session.created_at, used_at=now)
-        session.save(update_fields=["last_used_at", "expires_at"])
+        expires_at = _expiry(created_at=session.created_at, used_at=now)
+        # An UPDATE that counts: a logout, revoke or password change elsewhere may have
+        # deleted the row since it was read (save() would raise, a 500).
+        if not AccountSession.objects.filter(pk=session.pk).update(
+            last_used_at=now, expires_at=expires_at
+        ):
+            raise BadAuth()
+        session.last_used_at, session.expires_at = now, expires_at
     return session
 
 

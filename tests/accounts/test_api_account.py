@@ -505,6 +505,41 @@ def test_sessions_end_at_their_maximum_age_however_busy(
         assert client.get(API).json()["code"] == "user:badAuth"
 
 
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+def test_a_session_ended_while_its_request_runs_answers_bad_auth_not_500(
+    owner: MailAccount,
+) -> None:
+    # The request has read its session and is about to move its expiry forward when a
+    # logout elsewhere (or a revoke, a password change) deletes the row.
+    if connection.vendor != "postgresql":
+        need_service("PostgreSQL", "the race needs a connection that waits for a row lock")
+    client = Client(raise_request_exception=False)
+    start = datetime.now(UTC)
+    with time_machine.travel(start, tick=False):
+        logged_in(client, "juliet@example.org")
+    answers: list[Any] = []
+
+    def call() -> None:
+        try:
+            answers.append(client.get(API))
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=call)
+    with time_machine.travel(start + timedelta(minutes=5), tick=False):  # due for a move
+        with transaction.atomic():
+            AccountSession.objects.select_for_update().get()
+            thread.start()
+            wait_for_lock_waiters(1)
+            AccountSession.objects.all().delete()
+        thread.join(timeout=60)
+
+    [response] = answers
+    assert response.status_code == HTTPStatus.UNAUTHORIZED
+    assert response.json()["code"] == "user:badAuth"
+
+
 def test_disabling_an_account_ends_its_sessions_at_the_next_request(
     client: Client, owner: MailAccount, stranger: MailAccount
 ) -> None:
