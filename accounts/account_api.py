@@ -64,9 +64,12 @@ def account_error(exc: Exception, context: dict[str, Any]) -> Response | None:
 
     `user:*` errors of the sessions service pass as they are; the rate limit becomes
     `user:rateLimited`; any other 4xx (validation, weak password, wrong current password,
-    unknown session) `user:error` with its status; a 5xx `server:error` with its status.
+    unknown session) `user:error` with its status; a 5xx `server:error` with its status
+    (a database that fails too: 503, never a 500).
     """
     headers: dict[str, str] = {}
+    if isinstance(exc, web.DATABASE_DOWN):
+        exc = web.database_down(exc)
     if isinstance(exc, PortalError):
         status, message = int(exc.status), exc.message
         if exc.code.startswith("user:"):

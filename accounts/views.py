@@ -50,8 +50,17 @@ _SECRET_FIELDS = (CSRF_FIELD, LOGIN_TOKEN_FIELD, *PasswordForm.base_fields, *Log
 
 def _page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     """Our own CSRF instead of Django's; the portal's strict page CSP and no-store; the
-    passwords, tokens and CSRF values of the forms out of error reports."""
-    page = csrf_exempt(strict_page(view))
+    passwords, tokens and CSRF values of the forms out of error reports; a database that
+    fails answers 503."""
+
+    @functools.wraps(view)
+    def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            return view(request, *args, **kwargs)
+        except web.DATABASE_DOWN as exc:  # 503 with the way back, never a 500
+            return _refusal(request, web.database_down(exc))
+
+    page = csrf_exempt(strict_page(guarded))
     return sensitive_post_parameters(*_SECRET_FIELDS)(page)  # type: ignore[return-value]
 
 
@@ -65,6 +74,8 @@ def _refusal(request: HttpRequest, error: PortalError) -> HttpResponse:
     )
     if isinstance(error, NoAuth | BadAuth):
         web.clear_session_cookie(response)
+    if getattr(error, "retry_after", None):
+        response["Retry-After"] = str(error.retry_after)  # type: ignore[attr-defined]
     return response
 
 

@@ -1146,6 +1146,26 @@ def test_login_fails_closed_when_the_cache_is_down(
     assert response["Retry-After"] == "30"
 
 
+def test_the_api_answers_503_while_the_database_is_down_and_works_after(
+    owner: MailAccount, database_down: Callable[[], None]
+) -> None:
+    client = Client(raise_request_exception=False)
+    logged_in(client, "juliet@example.org")
+    saved = dict(connection.settings_dict)
+    database_down()
+
+    calls = [client.get(API), post_json(client, f"{API}/full-name", {"fullName": "Jules"})]
+    calls.append(api_login(Client(raise_request_exception=False), "juliet@example.org"))
+
+    for response in calls:
+        assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
+        assert response.json()["code"] == "server:error"
+        assert int(response["Retry-After"]) > 0
+    connection.close()
+    connection.settings_dict.update(saved)
+    assert client.get(API).status_code == HTTPStatus.OK
+
+
 def test_the_schema_describes_every_account_call_with_its_csrf_header(client: Client) -> None:
     schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
     paths = schema["paths"]

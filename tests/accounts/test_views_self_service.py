@@ -556,6 +556,21 @@ def test_the_login_limit_answers_a_german_page_with_retry_after(
     assert not AccountSession.objects.exists()
 
 
+def test_the_pages_answer_503_while_the_database_is_down(
+    owner: MailAccount, database_down: Callable[[], None]
+) -> None:
+    browser = Client(raise_request_exception=False)
+    page_login(browser, "juliet@example.org")
+    database_down()
+
+    overview = browser.get(PAGES, HTTP_ACCEPT_LANGUAGE="de")
+    login = page_login(Client(raise_request_exception=False), "juliet@example.org")
+
+    assert overview.status_code == login.status_code == HTTPStatus.SERVICE_UNAVAILABLE
+    assert int(overview["Retry-After"]) > 0
+    assert "Die Kontodatenbank ist nicht erreichbar" in overview.content.decode()
+
+
 # ----- accessibility ---------------------------------------------------------------------------
 
 
