@@ -14,6 +14,7 @@ from http import HTTPStatus
 from typing import Any
 
 from django.urls import reverse
+from django.views.decorators.debug import sensitive_variables
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions
 from rest_framework.request import Request
@@ -63,9 +64,12 @@ def account_error(exc: Exception, context: dict[str, Any]) -> Response | None:
 
     `user:*` errors of the sessions service pass as they are; the rate limit becomes
     `user:rateLimited`; any other 4xx (validation, weak password, wrong current password,
-    unknown session) `user:error` with its status; a 5xx `server:error` with its status.
+    unknown session) `user:error` with its status; a 5xx `server:error` with its status
+    (a database that fails too: 503, never a 500).
     """
     headers: dict[str, str] = {}
+    if isinstance(exc, web.DATABASE_DOWN):
+        exc = web.database_down(exc)
     if isinstance(exc, PortalError):
         status, message = int(exc.status), exc.message
         if exc.code.startswith("user:"):
@@ -113,6 +117,7 @@ class AccountAPIView(APIView):
     def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response | None]:
         return account_error
 
+    @sensitive_variables("token")
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
         web.check_origin(request)
@@ -153,6 +158,7 @@ class LoginPrepView(AccountAPIView):
     needs_session = False
 
     @extend_schema(operation_id="account_login_prep", request=None, responses={200: LoginPrepOut})
+    @sensitive_variables("token")
     def post(self, request: Request) -> Response:
         ratelimit.enforce(request, ratelimit.LOGIN_PREP)
         token = sessions.issue_login_token()
@@ -169,6 +175,7 @@ class LoginView(AccountAPIView):
     @extend_schema(
         operation_id="account_login", request=LoginIn, responses={200: LoginOut, **_ERRORS}
     )
+    @sensitive_variables()  # the password: out of error reports (this frame and below)
     def post(self, request: Request) -> Response:
         data = self.validated(request, LoginIn)
         sessions.consume_login_token(token=data["loginToken"], cookie=web.login_cookie(request))
@@ -212,6 +219,7 @@ class PasswordView(AccountAPIView):
         responses={204: None, **_ERRORS},
         parameters=[_CSRF_PARAMETER],
     )
+    @sensitive_variables()  # both passwords: out of error reports (this frame and below)
     def post(self, request: Request) -> Response:
         data = self.validated(request, SetPasswordIn)
         account = self.current.account

@@ -14,6 +14,7 @@ from http import HTTPStatus
 from typing import Any
 
 from django.conf import settings
+from django.views.decorators.debug import sensitive_variables
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions
 from rest_framework.parsers import BaseParser
@@ -253,6 +254,7 @@ class RegisterView(CPE3View):
             )
         ],
     )
+    @sensitive_variables()  # the password: out of error reports (this frame and below)
     def post(self, request: Request) -> Response:
         body, data = self.read_envelope(request, RegisterIn)
         key = request.headers.get(IDEMPOTENCY_HEADER)
@@ -270,6 +272,7 @@ class RegisterView(CPE3View):
                 password=payload["password"],
                 login_on_success=payload.get("loginOnSuccess", False),
                 client=web.client_info(request),
+                held_session=web.session_token(request),
             ),
             idempotency_key=key or data["id"],
             request_body=body,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 
 from django.contrib.auth.hashers import Argon2PasswordHasher
+from django.views.decorators.debug import sensitive_variables
 
 DJANGO_PREFIX = "argon2"
 DOVECOT_SCHEME = "{ARGON2ID}"
@@ -30,11 +31,13 @@ class MailboxPasswordHasher(Argon2PasswordHasher):
 _HASHER = MailboxPasswordHasher()
 
 
+@sensitive_variables()  # out of error reports, whoever calls (this frame and the hasher's)
 def hash_password(password: str) -> str:
     """A new salted argon2id hash in Django's stored form."""
     return _HASHER.encode(password, _HASHER.salt())
 
 
+@sensitive_variables()  # out of error reports, whoever calls (this frame and the hasher's)
 def verify_password(password: str, encoded: str) -> bool:
     """True if `password` matches `encoded` (constant time inside argon2)."""
     if not encoded.startswith(f"{DJANGO_PREFIX}$argon2id$"):

@@ -20,6 +20,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts import web
@@ -43,11 +44,24 @@ _NOTICES = {
 }
 
 SessionView = Callable[..., HttpResponse]
+# Form fields that error reports show only as stars (sensitive_post_parameters).
+_SECRET_FIELDS = (CSRF_FIELD, LOGIN_TOKEN_FIELD, *PasswordForm.base_fields, *LoginForm.base_fields)
 
 
 def _page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """Our own CSRF instead of Django's; the portal's strict page CSP and no-store."""
-    return csrf_exempt(strict_page(view))  # type: ignore[return-value]
+    """Our own CSRF instead of Django's; the portal's strict page CSP and no-store; the
+    passwords, tokens and CSRF values of the forms out of error reports; a database that
+    fails answers 503."""
+
+    @functools.wraps(view)
+    def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            return view(request, *args, **kwargs)
+        except web.DATABASE_DOWN as exc:  # 503 with the way back, never a 500
+            return _refusal(request, web.database_down(exc))
+
+    page = csrf_exempt(strict_page(guarded))
+    return sensitive_post_parameters(*_SECRET_FIELDS)(page)  # type: ignore[return-value]
 
 
 def _refusal(request: HttpRequest, error: PortalError) -> HttpResponse:
@@ -60,6 +74,8 @@ def _refusal(request: HttpRequest, error: PortalError) -> HttpResponse:
     )
     if isinstance(error, NoAuth | BadAuth):
         web.clear_session_cookie(response)
+    if getattr(error, "retry_after", None):
+        response["Retry-After"] = str(error.retry_after)  # type: ignore[attr-defined]
     return response
 
 
@@ -73,6 +89,7 @@ def session_action(view: SessionView) -> Callable[..., HttpResponse]:
     @_page
     @require_POST
     @functools.wraps(view)
+    @sensitive_variables("token")
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         try:
             web.check_origin(request)
@@ -109,6 +126,7 @@ def _logged_out() -> HttpResponseRedirect:
 
 @_page
 @require_http_methods(["GET", "POST"])
+@sensitive_variables()  # the password: out of error reports (this frame and below)
 def login_page(request: HttpRequest) -> HttpResponse:
     """The login form; its login token is in a hidden field and in a cookie for this path."""
     if request.method == "GET":
@@ -149,6 +167,7 @@ def _typed_name(form: LoginForm) -> dict[str, str]:
     return {"username": str(form.data.get("username", ""))[:320]}
 
 
+@sensitive_variables("token")
 def _login_form(
     request: HttpRequest,
     form: LoginForm,
@@ -205,6 +224,7 @@ def overview(request: HttpRequest) -> HttpResponse:
     return _overview(request, session)
 
 
+@sensitive_variables("token")
 def _overview(
     request: HttpRequest,
     session: AccountSession,
@@ -258,6 +278,7 @@ def save_full_name(request: HttpRequest, session: AccountSession) -> HttpRespons
 
 
 @session_action
+@sensitive_variables()  # the passwords: out of error reports (this frame and below)
 def change_password(request: HttpRequest, session: AccountSession) -> HttpResponse:
     form = PasswordForm(request.POST)
     if not form.is_valid():
@@ -276,6 +297,8 @@ def change_password(request: HttpRequest, session: AccountSession) -> HttpRespon
     except WrongPassword as exc:
         form.add_error("current_password", exc.message)
         return _overview(request, session, password_form=form)
+    except (NoAuth, BadAuth) as exc:  # ended meanwhile (another password change, a revoke)
+        return _refusal(request, exc)
     except PortalError as exc:
         if exc.status >= HTTPStatus.TOO_MANY_REQUESTS:
             return _overview(request, session, password_form=PasswordForm(), error=exc)

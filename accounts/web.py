@@ -15,13 +15,19 @@ Cookies (RELIABILITY.md check 14; docs/self-service.md):
 from __future__ import annotations
 
 import ipaddress
+import logging
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponseBase
 from django.utils.cache import add_never_cache_headers
+from django.utils.translation import gettext
 
+from accounts.services.accounts import DatabaseUnavailable
 from accounts.services.sessions import ClientInfo, CSRFRefused
 from portal.proxies import client_ip
+
+logger = logging.getLogger(__name__)
 
 SESSION_COOKIE = "mailportal_session"
 LOGIN_COOKIE = "mailportal_login"
@@ -93,10 +99,29 @@ def check_origin(request: HttpRequest) -> None:
     if origin is not None:
         own = {f"{request.scheme}://{request.get_host()}", settings.PORTAL_BASE_URL}
         if origin.rstrip("/") not in own:
-            raise CSRFRefused("This request came from another site's page.")
+            raise CSRFRefused(gettext("This request came from another site's page."))
     site = request.headers.get("Sec-Fetch-Site")
     if site is not None and site not in _OWN_FETCH_SITES:
-        raise CSRFRefused("This request came from another site's page.")
+        raise CSRFRefused(gettext("This request came from another site's page."))
+
+
+# Errors of the database connection itself (down, connection lost, a lock timeout).
+DATABASE_DOWN = (OperationalError, InterfaceError)
+
+
+class DatabaseDown(DatabaseUnavailable):
+    """What the self-service edges answer when the database fails (503, Retry-After)."""
+
+    retry_after = 30
+
+    def __init__(self) -> None:
+        super().__init__(gettext("The account database is not reachable; try again shortly."))
+
+
+def database_down(exc: Exception) -> DatabaseDown:
+    """The answer to a database error at a self-service edge, logged (never a 500)."""
+    logger.error("self-service: database unavailable: %s", type(exc).__name__)
+    return DatabaseDown()
 
 
 def client_info(request: HttpRequest) -> ClientInfo:

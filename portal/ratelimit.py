@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import ipaddress
 import logging
+import math
 import re
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from http import HTTPStatus
 from django.conf import settings
 from django.core.cache import caches
 from django.http import HttpRequest, JsonResponse
+from django.utils.translation import gettext, gettext_noop, ngettext
 from django_ratelimit.core import get_usage
 
 from portal.errors import PortalError, ServiceUnavailable
@@ -97,11 +99,13 @@ LOGIN_PREP = Policy(group="accounts.login_prep", rate_setting="LOGIN_PREP_RATE")
 
 @dataclass(frozen=True)
 class FailureLimit:
-    """Failed attempts counted per client address or per name, in fixed windows.
+    """Failed attempts counted per client address or per name, in a sliding window.
 
     django-ratelimit counts every request and offers no way to forgive one, which a login
     limit needs (a success resets the address's count); these counters live in the same
-    cache, with the same atomic add/incr and the same fail-closed rule.
+    cache, with the same atomic add/incr and the same fail-closed rule. Its fixed windows
+    would also let twice the limit through across a window's turn (ten failures at 12:00:55
+    and ten more at 12:01:05): these windows slide (_Counter).
     """
 
     group: str
@@ -114,21 +118,33 @@ class FailureLimit:
 
 
 # Logins (API and page) and SetPassword's current password, per client address: at most
-# LOGIN_FAILURES_PER_IP_RATE failures (10 a minute; IPv6 by /64), then 429 until the
-# window ends. A successful login forgives that address's failures, and nothing else does.
+# LOGIN_FAILURES_PER_IP_RATE failures (10 a minute; IPv6 by /64) in any 60 seconds, then 429
+# until enough of them have aged out. A successful login forgives that address's failures
+# on the name it logged in as (a person who mistyped), and nothing else does: not its
+# failures on other names (or a guesser with an account of their own could wipe the slate
+# clean between guesses at other people's passwords).
 LOGIN_FAILURES_PER_IP = FailureLimit(
     group="accounts.login.ip", rate_setting="LOGIN_FAILURES_PER_IP_RATE"
 )
+# Bookkeeping, never judged: the address's failures per name, in the same slices, so that a
+# success knows which of the address's failures to forgive.
+_LOGIN_FAILURES_PER_IP_AND_NAME = FailureLimit(
+    group="accounts.login.ip-name", rate_setting="LOGIN_FAILURES_PER_IP_RATE"
+)
 # The same, per account name (whether or not the account exists, so that the answer does not
-# tell): at most LOGIN_FAILURES_PER_ACCOUNT_RATE failures (100 an hour) from all addresses
-# together, which bounds a distributed guess at one password. Success forgives nothing here
-# but its own attempt.
+# tell): at most LOGIN_FAILURES_PER_ACCOUNT_RATE failures (100 an hour) in any hour from all
+# addresses together, which bounds a distributed guess at one password. Success forgives
+# nothing here but its own attempt. The price: whoever spends 100 guesses an hour on a name
+# keeps its web login closed to everyone, its owner too (docs/self-service.md).
 LOGIN_FAILURES_PER_ACCOUNT = FailureLimit(
     group="accounts.login.account", rate_setting="LOGIN_FAILURES_PER_ACCOUNT_RATE"
 )
 
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _RATE = re.compile(r"^(\d+)/(\d*)([smhd])$")
+# A sliding window is kept as this many slices of the period (10 s slices for a minute,
+# 10 min for an hour), each a cache counter.
+_SLICES = 6
 # Counter keys outlive their window by this much, so that a late increment never finds the
 # key gone (an increment of a missing key would create one without expiry).
 _KEY_GRACE_SECONDS = 60
@@ -155,26 +171,74 @@ def address_key(request: HttpRequest) -> str:
 
 
 class _Counter:
-    """One fixed-window failure counter (a cache key) of a FailureLimit and a value."""
+    """The attempts of one FailureLimit and value in a sliding window.
+
+    The window is kept as slices (cache counters, `_SLICES` per period). An attempt is
+    counted in the current slice, then judged on the sum of the current slice and the
+    `_SLICES` before it: those cover at least the last period, so no period of the rate's
+    length ever holds more accepted attempts than the limit, however they fall on the clock
+    (a failure weighs for one period plus at most one slice).
+    """
 
     def __init__(self, limit: FailureLimit, value: str, now: float) -> None:
         self.limit, self.period = limit.rate
-        window = int(now) - int(now) % self.period
+        self.slice = max(1, -(-self.period // _SLICES))  # seconds, rounded up
+        self.span = -(-self.period // self.slice)  # slices per period, rounded up
+        self.now = now
+        self.index = int(now) // self.slice
         digest = hashlib.sha256(value.encode()).hexdigest()
-        self.key = f"fail:{limit.group}:{digest}:{window}"
-        self.retry_after = max(1, window + self.period - int(now))
+        self.prefix = f"fail:{limit.group}:{digest}:"
+        self.key = f"{self.prefix}{self.index}"
+        self.retry_after = 1
         self.cache = caches[settings.RATELIMIT_USE_CACHE]
 
-    def count(self) -> int:
-        self.cache.add(self.key, 0, self.period + _KEY_GRACE_SECONDS)
+    def _window(self) -> list[str]:
+        """The keys of the slices judged now, oldest first (the current one last)."""
+        return [f"{self.prefix}{i}" for i in range(self.index - self.span, self.index + 1)]
+
+    def add(self) -> int:
+        """Count this attempt in the current slice; that slice's count."""
+        self.cache.add(self.key, 0, (self.span + 1) * self.slice + _KEY_GRACE_SECONDS)
         return int(self.cache.incr(self.key))
+
+    def count(self) -> int:
+        """Count this attempt; the attempts in the window, this one included."""
+        current = self.add()
+        older = self.cache.get_many(self._window()[:-1])
+        counts = [int(older.get(key) or 0) for key in self._window()[:-1]] + [current]
+        total = sum(counts)
+        if total > self.limit:
+            self.retry_after = self._wait(counts)
+        return total
+
+    def _wait(self, counts: list[int]) -> int:
+        """Seconds until enough slices have left the window for one more attempt.
+
+        The slice at position j (oldest first) leaves when the current slice index is
+        index + j + 1. This attempt, refused, is taken back, so it is not in the sum.
+        """
+        remaining = sum(counts) - 1
+        leaves_at = self.now
+        for position, count in enumerate(counts):
+            if remaining < self.limit:
+                break
+            remaining -= count
+            leaves_at = (self.index + position + 1) * self.slice
+        return max(1, math.ceil(leaves_at - self.now))
 
     def take_back(self) -> None:
         with contextlib.suppress(ValueError):  # the key is gone: nothing to take back
             self.cache.decr(self.key)
 
-    def reset(self) -> None:
-        self.cache.delete(self.key)
+    def forgive(self, part: _Counter) -> None:
+        """Take away the attempts `part` (a counter of a subset, in the same slices) counted,
+        and forget them there."""
+        counted = part.cache.get_many(part._window())
+        for mine, theirs in zip(self._window(), part._window(), strict=True):
+            if int(counted.get(theirs) or 0) > 0:
+                with contextlib.suppress(ValueError):  # the slice is gone: nothing to forgive
+                    self.cache.decr(mine, int(counted[theirs]))
+        part.cache.delete_many(part._window())
 
 
 @contextlib.contextmanager
@@ -184,44 +248,62 @@ def credential_attempt(
     """Guard one check of a password against the LOGIN_FAILURES_* limits.
 
     The attempt is counted as a failure before the password is checked, so concurrent
-    attempts cannot overshoot a limit: past either limit RateLimited is raised and no
+    attempts cannot overshoot a limit: past either limit RateLimited is raised (with the
+    seconds until the window has room again), the attempt is taken back (no password was
+    checked, so it is no failure: knocking on a closed door does not keep it closed) and no
     password is checked. If the block raises `failure` (a wrong password) the count stays;
     if it succeeds, the attempt is taken back from `name`'s count and, for a login
-    (`forgive_address`), the client address's failures are forgiven (reset); any other
-    error takes the attempt back from both. Fails closed: RateLimiterUnavailable when the
+    (`forgive_address`), the client address's failures on `name` are forgiven; any other
+    error takes the attempt back everywhere. Fails closed: RateLimiterUnavailable when the
     cache cannot count.
     """
     if not getattr(settings, "RATELIMIT_ENABLE", True):
         yield
         return
     now = time.time()
-    by_address = _Counter(LOGIN_FAILURES_PER_IP, address_key(request), now)
-    by_name = _Counter(LOGIN_FAILURES_PER_ACCOUNT, name.strip().lower(), now)
+    address, name = address_key(request), name.strip().lower()
+    by_address = _Counter(LOGIN_FAILURES_PER_IP, address, now)
+    by_name = _Counter(LOGIN_FAILURES_PER_ACCOUNT, name, now)
+    by_both = _Counter(_LOGIN_FAILURES_PER_IP_AND_NAME, f"{address} {name}", now)
+    counters = (by_address, by_name, by_both)
     try:
         over = [c for c in (by_address, by_name) if c.count() > c.limit]
+        by_both.add()
     except Exception as exc:  # the backend's own errors (redis.RedisError, OSError, ...)
         logger.warning("login failure counters: cache unavailable: %s", type(exc).__name__)
         raise RateLimiterUnavailable() from None
     if over:
-        raise RateLimited(retry_after=max(counter.retry_after for counter in over))
+        _take_back(counters)
+        wait = max(counter.retry_after for counter in over)
+        message = ngettext(
+            "Too many failed attempts; try again in %(seconds)d second.",
+            "Too many failed attempts; try again in %(seconds)d seconds.",
+            wait,
+        )
+        raise RateLimited(retry_after=wait, message=message % {"seconds": wait})
     try:
         yield
     except failure:
         raise
     except BaseException:
-        with contextlib.suppress(Exception):
-            by_address.take_back()
-            by_name.take_back()
+        _take_back(counters)
         raise
     try:
         if forgive_address:
-            by_address.reset()
+            by_address.forgive(by_both)  # this attempt included
+            by_name.take_back()
         else:
-            by_address.take_back()
-        by_name.take_back()
+            _take_back(counters)
     except Exception as exc:
-        # The login stands; the counts merely stay a little high until the window ends.
+        # The login stands; the counts merely stay a little high until they age out.
         logger.warning("login failure counters: not updated: %s", type(exc).__name__)
+
+
+def _take_back(counters: tuple[_Counter, ...]) -> None:
+    """This attempt was no failure: out of every counter (as far as the cache answers)."""
+    for counter in counters:
+        with contextlib.suppress(Exception):
+            counter.take_back()
 
 
 class RateLimited(PortalError):
@@ -233,15 +315,23 @@ class RateLimited(PortalError):
 
     def __init__(self, retry_after: int, message: str | None = None) -> None:
         self.retry_after = retry_after
-        super().__init__(message or f"Too many requests; retry in {retry_after} s.")
+        default = ngettext(
+            "Too many requests; try again in %(seconds)d second.",
+            "Too many requests; try again in %(seconds)d seconds.",
+            retry_after,
+        )
+        super().__init__(message or default % {"seconds": retry_after})
 
 
 class RateLimiterUnavailable(ServiceUnavailable):
     """The counter store (the cache) did not answer: refuse rather than go unlimited."""
 
     code = "ratelimit_unavailable"
-    default_message = "The service is busy; try again shortly."
+    default_message = gettext_noop("The service is busy; try again shortly.")
     retry_after = 30
+
+    def __init__(self, message: str | None = None, *, code: str | None = None) -> None:
+        super().__init__(message or gettext(self.default_message), code=code)
 
 
 def enforce(request: HttpRequest, policy: Policy, *, rate: str | None = None) -> None:

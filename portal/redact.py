@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from django.http import HttpRequest
+from django.views.debug import SafeExceptionReporterFilter
 from gunicorn.glogging import Logger
 
 MASK = "[redacted]"
@@ -89,3 +90,15 @@ class GunicornLogger(Logger):  # type: ignore[misc]  # gunicorn ships no type hi
         if isinstance(atoms.get("q"), str):  # the query string, without its "?"
             atoms["q"] = redact("?" + atoms["q"])[1:]
         return atoms
+
+
+class ExceptionReporterFilter(SafeExceptionReporterFilter):
+    """Django's error-report filter (DEFAULT_EXCEPTION_REPORTER_FILTER), with no cookie's value.
+
+    Every cookie the portal sets is a credential: the self-service session and login
+    token (accounts/web.py), the administrators' session, the CSRF values. Django cleanses
+    only its own session cookie by name; error mails and the DEBUG page list the others.
+    """
+
+    def get_safe_cookies(self, request: HttpRequest) -> dict[str, Any]:
+        return dict.fromkeys(super().get_safe_cookies(request), self.cleansed_substitute)

@@ -392,6 +392,9 @@ SPECTACULAR_SETTINGS = {
 
 SECURE_CONTENT_TYPE_NOSNIFF = True
 # The Content-Security-Policy of every answer that sets none itself (portal/headers.py).
+# Error reports (mails to ADMINS, the DEBUG page) show no cookie value (portal/redact.py);
+# views and services that take a password mark it with sensitive_variables.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "portal.redact.ExceptionReporterFilter"
 PORTAL_CSP = "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"

@@ -31,6 +31,8 @@ PAGE_SOURCES = (
     "accounts/views.py",
     "accounts/forms.py",
     "accounts/services/sessions.py",
+    "accounts/web.py",
+    "portal/ratelimit.py",
 )
 
 

@@ -6,7 +6,7 @@ import logging
 import secrets
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from types import SimpleNamespace
 from typing import ClassVar
@@ -19,6 +19,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, InterfaceError, OperationalError, models, transaction
 from django.utils import timezone
 from django.utils.translation import gettext, gettext_noop
+from django.views.decorators.debug import sensitive_variables
 
 from accounts import passwords
 from accounts.mailbox import MailboxError, MailboxRequest, get_backend
@@ -220,6 +221,7 @@ def initial_status(domain: ProviderDomain, created_via: CreatedVia | str) -> Acc
     return AccountStatus.ACTIVE
 
 
+@sensitive_variables()  # the password (docs/self-service.md, "Error reports")
 def create_account(
     *,
     domain: str | ProviderDomain,
@@ -371,6 +373,7 @@ def roll_back_creation(*, account: MailAccount) -> bool:
     return bool(deleted)
 
 
+@sensitive_variables()  # the password (docs/self-service.md, "Error reports")
 def set_password(
     *,
     account: MailAccount,
@@ -384,6 +387,8 @@ def set_password(
     `mailbox_failed`. Side effects: the hash and password_changed_at are updated inside a
     transaction in which the backend changes the mailbox (which ends the open IMAP sessions
     where it can) and every self-service session of the account but `keep_session` ends.
+    If the mail server refuses, nothing changes: neither the row, nor the sessions, nor
+    `account` itself (it takes the new hash only once the change is made).
     """
     if check_policy:
         email = account.third_pids.filter(kind="email").values_list("value", flat=True).first()
@@ -394,12 +399,16 @@ def set_password(
             full_name=account.full_name,
             email=email or "",
         )
-    account.password = passwords.hash_password(password)
-    account.password_changed_at = timezone.now()
+    encoded = passwords.hash_password(password)
+    changed_at = timezone.now()
     with transaction.atomic():
-        account.save(update_fields=["password", "password_changed_at", "updated_at"])
+        MailAccount.objects.filter(pk=account.pk).update(
+            password=encoded, password_changed_at=changed_at, updated_at=changed_at
+        )
         sessions.end_other_sessions(account=account, keep=keep_session)
-        get_backend().set_password(mailbox_request(account, password))
+        told = mailbox_request(account, password)
+        get_backend().set_password(replace(told, password_hash=passwords.dovecot_form(encoded)))
+    account.password, account.password_changed_at = encoded, changed_at
     logger.info("password changed: %s", account.address)
 
 
@@ -408,21 +417,43 @@ class WrongPassword(InvalidInput):
     default_message = gettext_noop("The current password is wrong.")
 
 
+@sensitive_variables()  # both passwords (docs/self-service.md, "Error reports")
 def change_password(
     *, account: MailAccount, current_password: str, password: str, session: AccountSession
 ) -> None:
     """The owner's password change (SetPassword): the current password first (ASVS 6.2.3).
 
-    The hasher runs once for the current password, then the policy and set_password.
-    Errors: `wrong_password`, `weak_password` (also for the current password again),
-    `mailbox_failed`. Side effects: those of
+    The hasher runs once for the current password, then the policy and set_password. The
+    account's row is locked meanwhile and the asking session must still be open, so of two
+    changes at once (two browsers of the owner) the second finds its session ended by the
+    first and is refused, instead of both succeeding and leaving no session and a password
+    one of them does not know.
+    Errors: `user:badAuth` (the session ended meanwhile), `wrong_password`, `weak_password`
+    (also for the current password again), `mailbox_failed` (in words for the owner; the
+    mail server's own are logged). Side effects: those of
     set_password; `session`, the one asking, stays open and every other one ends.
     """
-    if not passwords.verify_password(current_password, account.password):
-        raise WrongPassword(gettext(WrongPassword.default_message))
-    if password == current_password:
-        raise WeakPassword(gettext("The new password must differ from the current one."))
-    set_password(account=account, password=password, keep_session=session)
+    with transaction.atomic():
+        locked = MailAccount.objects.select_for_update(of=("self",)).get(pk=account.pk)
+        if not AccountSession.objects.filter(pk=session.pk).exists():
+            raise sessions.BadAuth()
+        if not passwords.verify_password(current_password, locked.password):
+            raise WrongPassword(gettext(WrongPassword.default_message))
+        if password == current_password:
+            raise WeakPassword(gettext("The new password must differ from the current one."))
+        try:
+            set_password(account=account, password=password, keep_session=session)
+        except MailboxError as exc:
+            # The mail server's own words (a program's stderr) are the operator's, not
+            # the owner's: logged here, and the owner told what it means for them.
+            logger.warning("password change of %s refused: %s", account.address, exc.message)
+            raise MailboxError(
+                gettext(
+                    "Your password was not changed: the mail server did not take the new "
+                    "one. Try again shortly."
+                ),
+                outcome_unknown=exc.outcome_unknown,
+            ) from None
 
 
 FULL_NAME_MAX_LENGTH = 200

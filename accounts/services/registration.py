@@ -13,6 +13,7 @@ from typing import Any
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
+from django.views.decorators.debug import sensitive_variables
 
 from accounts import cpe3
 from accounts.models import AccountStatus, CreatedVia, MailAccount, RegistrationRequest
@@ -77,6 +78,8 @@ class InbandRegistration:
     login_on_success: bool = False
     # Who asked: shown in the account's session list when loginOnSuccess opens one.
     client: ClientInfo = field(default_factory=ClientInfo)
+    # The session token the client sent, if any: loginOnSuccess ends it, as Login does.
+    held_session: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ def request_fingerprint(body: Mapping[str, Any]) -> str:
     return salted_hmac(_HMAC_SALT, canonical, algorithm="sha256").hexdigest()
 
 
+@sensitive_variables()  # the body holds the password (docs/self-service.md, "Error reports")
 def register_inband(
     *, registration: InbandRegistration, idempotency_key: str, request_body: Mapping[str, Any]
 ) -> cpe3.Answer:
@@ -188,23 +192,24 @@ def _create(registration: InbandRegistration) -> cpe3.Answer:
         payload["approval"] = "pending"
         status = HTTPStatus.ACCEPTED
     if registration.login_on_success:
-        payload.update(_login_payload(account, registration.client))
+        payload.update(_login_payload(account, registration.client, held=registration.held_session))
     return cpe3.success(
         message_id=registration.message_id, origin=domain.name, payload=payload, status=status
     )
 
 
-def _login_payload(account: MailAccount, client: ClientInfo) -> dict[str, Any]:
+def _login_payload(account: MailAccount, client: ClientInfo, *, held: str | None) -> dict[str, Any]:
     """loginOnSuccess: a new session like Login's, or loginError saying why there is none.
 
-    The session is a fresh one (nothing the client held before carries over). An account
+    The session is a fresh one, and the one the client held before (`held`) ends, as at
+    Login (RELIABILITY.md check 15). An account
     that may not log in yet (verification, approval) gets none; neither does one whose
     session cannot be stored now: the account stands and the answer says so.
     """
     if not sessions.can_log_in(account):
         return cpe3.login_error(cpe3.LOGIN_NOT_ACTIVE, cpe3.LOGIN_NOT_ACTIVE_TEXT)
     try:
-        new = sessions.open_session(account=account, client=client)
+        new = sessions.open_session(account=account, client=client, replaces=held)
     except _DB_DOWN as exc:
         logger.error("registration: no session opened: %s", type(exc).__name__)
         return cpe3.login_error(cpe3.LOGIN_UNAVAILABLE, cpe3.LOGIN_UNAVAILABLE_TEXT)

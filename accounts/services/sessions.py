@@ -24,9 +24,11 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from django.utils.translation import gettext, gettext_noop
 from django.utils.translation import gettext_lazy as _
+from django.views.decorators.debug import sensitive_variables
 
 from accounts import passwords
 from accounts.models import AccountSession, AccountStatus, MailAccount, MailboxState
+from accounts.services.names import normalise_local_part
 from portal.errors import NotFound, PortalError, ServiceUnavailable
 from providers.domains import DomainError, to_ascii
 
@@ -40,6 +42,9 @@ TOUCH_SECONDS = 60
 USER_AGENT_LENGTH = 300
 _CSRF_SALT = "accounts.services.sessions.csrf"
 _LOGIN_TOKEN_PREFIX = "accounts.login-token:"  # noqa: S105 - a cache key prefix
+# Names of the variables holding a session token, CSRF value or login token: error reports
+# show them only as stars (sensitive_variables; docs/self-service.md, "Error reports").
+_SECRETS = ("token", "csrf_token", "cookie", "replaces", "typed", "expected")
 
 
 class _Translated(PortalError):
@@ -114,22 +119,37 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+@sensitive_variables(*_SECRETS)
 def csrf_token_for(token: str) -> str:
     """The CSRF value of the session behind `token` (an HMAC under SECRET_KEY)."""
     return salted_hmac(_CSRF_SALT, token, algorithm="sha256").hexdigest()
 
 
+@sensitive_variables(*_SECRETS)
+def _same(typed: str, expected: str) -> bool:
+    """Constant-time equality of two strings, whatever characters the client sent.
+
+    hmac.compare_digest refuses str with non-ASCII characters (TypeError, a 500), and a
+    header, cookie or form field can carry any: compare their UTF-8 bytes instead.
+    """
+    return hmac.compare_digest(
+        typed.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
+
+
+@sensitive_variables(*_SECRETS)
 def check_csrf(*, token: str | None, csrf_token: str | None) -> None:
     """CSRFRefused unless `csrf_token` is the CSRF value of the session behind `token`."""
     if not token or not csrf_token:
         raise CSRFRefused()
-    if not hmac.compare_digest(csrf_token, csrf_token_for(token)):
+    if not _same(csrf_token, csrf_token_for(token)):
         raise CSRFRefused()
 
 
 # ----- LoginPrep ----------------------------------------------------------------------------
 
 
+@sensitive_variables(*_SECRETS)
 def issue_login_token() -> str:
     """A new single-use login token, valid for LOGIN_TOKEN_SECONDS (LoginPrep).
 
@@ -147,6 +167,7 @@ def issue_login_token() -> str:
     return token
 
 
+@sensitive_variables(*_SECRETS)
 def consume_login_token(*, token: str | None, cookie: str | None) -> None:
     """Use up a login token; CSRFRefused unless value and cookie agree and it is unused.
 
@@ -155,7 +176,7 @@ def consume_login_token(*, token: str | None, cookie: str | None) -> None:
     only one gets through.
     Errors: `user:csrf`, `login_unavailable`.
     """
-    if not token or not cookie or not hmac.compare_digest(token, cookie):
+    if not token or not cookie or not _same(token, cookie):
         raise CSRFRefused(
             gettext("The login token is missing or does not match; load the login again.")
         )
@@ -178,7 +199,9 @@ def consume_login_token(*, token: str | None, cookie: str | None) -> None:
 
 
 def normalise_login_name(username: str) -> str:
-    """The address typed at login as accounts store it: lower-case, A-label domain."""
+    """The address typed at login as accounts store it: the local part NFKC-folded and
+    lower-case (accounts.services.names), the domain in A-labels. A name that cannot be an
+    address comes back lower-cased; login_address() then finds no account for it."""
     local, at, domain = username.strip().rpartition("@")
     if not at or not local or not domain:
         return username.strip().lower()
@@ -186,7 +209,20 @@ def normalise_login_name(username: str) -> str:
         domain = to_ascii(domain)
     except DomainError:
         return username.strip().lower()
-    return f"{local.lower()}@{domain}"
+    return f"{normalise_local_part(local)}@{domain}"
+
+
+def login_address(username: str) -> str | None:
+    """The normalised address of a typed login name, or None if it cannot be one (no @,
+    a domain that is no domain name): such a name is looked up nowhere."""
+    local, at, domain = username.strip().rpartition("@")
+    if not at or not local or not domain:
+        return None
+    try:
+        to_ascii(domain)
+    except DomainError:
+        return None
+    return normalise_login_name(username)
 
 
 def can_log_in(account: MailAccount) -> bool:
@@ -205,6 +241,7 @@ _NOT_ACTIVE = {
 }
 
 
+@sensitive_variables()  # the password (docs/self-service.md, "Error reports")
 def log_in(
     *, username: str, password: str, client: ClientInfo, replaces: str | None = None
 ) -> NewSession:
@@ -212,19 +249,20 @@ def log_in(
 
     The password hasher runs exactly once whatever the outcome: an unknown name is checked
     against a dummy hash, so it costs what a wrong password costs and answers the same.
-    `replaces` is the session token the client held before (if any): that session ends, so
-    no session id survives a login (fixation). Errors: `user:badLogin` (unknown name, wrong
+    `replaces` is the session token the client held before (if any): that session ends
+    (open_session). Errors: `user:badLogin` (unknown name, wrong
     password; with the right password, an account that may not log in says why).
     Side effects: one AccountSession row. Rate limits are the caller's
     (portal.ratelimit.credential_attempt around this call).
     """
-    address = normalise_login_name(username)
+    address = login_address(username)
     account = (
         MailAccount.objects.with_address(address).select_related("domain__provider").first()
-        if "@" in address
+        if address is not None
         else None
     )
-    if account is None:
+    if address is None or account is None:
+        address = address or normalise_login_name(username)
         passwords.verify_password(password, passwords.dummy_hash())
         raise _refused(address, client, "unknown")
     if not passwords.verify_password(password, account.password):
@@ -234,10 +272,7 @@ def log_in(
             AccountStatus(account.status), _("This account is being set up. It cannot log in now.")
         )
         raise _refused(address, client, account.status, str(reason))
-    with transaction.atomic():
-        if replaces:
-            AccountSession.objects.filter(token_hash=token_hash(replaces)).delete()
-        new = open_session(account=account, client=client)
+    new = open_session(account=account, client=client, replaces=replaces)
     logger.info("self-service login: %s from %s", account.address, client.ip or "-")
     return new
 
@@ -249,20 +284,36 @@ def _refused(address: str, client: ClientInfo, why: str, message: str | None = N
     return BadLogin(message)
 
 
-def open_session(*, account: MailAccount, client: ClientInfo) -> NewSession:
-    """A new session for an account that has just proven itself (login, registration)."""
+@sensitive_variables(*_SECRETS)
+def open_session(
+    *, account: MailAccount, client: ClientInfo, replaces: str | None = None
+) -> NewSession:
+    """A new session for an account that has just proven itself (login, registration).
+
+    `replaces` is the session token the client held before, if any: that session ends in
+    the same transaction, so no session id survives a login (fixation, check 15).
+    """
     token = secrets.token_urlsafe(TOKEN_BYTES)
     now = timezone.now()
-    session = AccountSession.objects.create(
-        account=account,
-        token_hash=token_hash(token),
-        created_at=now,
-        last_used_at=now,
-        expires_at=_expiry(created_at=now, used_at=now),
-        user_agent=client.user_agent[:USER_AGENT_LENGTH],
-        ip=client.ip or None,
-    )
+    with transaction.atomic():
+        if replaces:
+            AccountSession.objects.filter(token_hash=token_hash(replaces)).delete()
+        session = AccountSession.objects.create(
+            account=account,
+            token_hash=token_hash(token),
+            created_at=now,
+            last_used_at=now,
+            expires_at=_expiry(created_at=now, used_at=now),
+            user_agent=printable(client.user_agent)[:USER_AGENT_LENGTH],
+            ip=client.ip or None,
+        )
     return NewSession(session=session, token=token, csrf_token=csrf_token_for(token))
+
+
+def printable(text: str) -> str:
+    """`text` without control and other unprintable characters: a header as shown in the
+    session list (PostgreSQL cannot store NUL, which some servers let through)."""
+    return "".join(char for char in text if char.isprintable())
 
 
 def _expiry(*, created_at: datetime, used_at: datetime) -> datetime:
@@ -272,6 +323,7 @@ def _expiry(*, created_at: datetime, used_at: datetime) -> datetime:
     )
 
 
+@sensitive_variables(*_SECRETS)
 def authenticate(*, token: str | None) -> AccountSession:
     """The live session behind a session token, its expiry moved forward by this use.
 
@@ -295,9 +347,14 @@ def authenticate(*, token: str | None) -> AccountSession:
         end_other_sessions(account=session.account, keep=None)
         raise BadAuth()
     if now - session.last_used_at >= timedelta(seconds=TOUCH_SECONDS):
-        session.last_used_at = now
-        session.expires_at = _expiry(created_at=session.created_at, used_at=now)
-        session.save(update_fields=["last_used_at", "expires_at"])
+        expires_at = _expiry(created_at=session.created_at, used_at=now)
+        # An UPDATE that counts: a logout, revoke or password change elsewhere may have
+        # deleted the row since it was read (save() would raise, a 500).
+        if not AccountSession.objects.filter(pk=session.pk).update(
+            last_used_at=now, expires_at=expires_at
+        ):
+            raise BadAuth()
+        session.last_used_at, session.expires_at = now, expires_at
     return session
 
 

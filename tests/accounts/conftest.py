@@ -4,6 +4,7 @@ the personas of self-service (the owner, a stranger)."""
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import sys
 from collections.abc import Callable, Iterator
@@ -12,7 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import argon2
 import pytest
+from django.core import mail
+from django.views.debug import get_exception_reporter_class
 
 from accounts.models import MailAccount
 from accounts.services.accounts import create_account
@@ -49,6 +53,12 @@ class MailServer:
         """A mailbox made on the mail server by someone else (not through the portal)."""
         boxes = self.mailboxes()
         boxes[address] = {"hash": "{ARGON2ID}elsewhere", "enabled": enabled, "limit": 0}
+        self.state.write_text(json.dumps(boxes), encoding="utf-8")
+
+    def lose(self, address: str) -> None:
+        """The mail server no longer has the mailbox: it refuses every change to it."""
+        boxes = self.mailboxes()
+        del boxes[address]
         self.state.write_text(json.dumps(boxes), encoding="utf-8")
 
     def store(self, address: str, used_bytes: int) -> None:
@@ -119,3 +129,50 @@ def broker_unreachable(
             yield callbacks
 
     return unreachable
+
+
+class _ReportCatcher(logging.Handler):
+    """Django's error report of each failed request, built as Django builds it: the text an
+    error mail carries and the HTML page (with every frame's local variables)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.reports: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        request = getattr(record, "request", None)
+        if record.exc_info is None or request is None:
+            return
+        reporter = get_exception_reporter_class(request)(request, *record.exc_info, is_email=True)
+        self.reports += [reporter.get_traceback_text(), reporter.get_traceback_html()]
+
+
+@pytest.fixture
+def error_reports(settings: Any) -> Iterator[Callable[[], str]]:
+    """`error_reports()`: every error report so far (HTML and text, and the mails to ADMINS)
+    in one text, as production (DEBUG off) writes them."""
+    settings.DEBUG = False
+    settings.ADMINS = [("Operator", "operator@example.org")]
+    catcher = _ReportCatcher()
+    logger = logging.getLogger("django.request")
+    logger.addHandler(catcher)
+    try:
+        yield lambda: "\n".join([*catcher.reports, *(m.body for m in mail.outbox)])
+    finally:
+        logger.removeHandler(catcher)
+
+
+@pytest.fixture
+def hasher_breaks(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """`hasher_breaks()`: from then on argon2 fails unexpectedly once it holds a password
+    (a 500 whose frames hold the password). argon2-cffi is a third party: the fault is
+    injected where our code hands it the password."""
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the hasher is out of order")
+
+    def breaks() -> None:
+        monkeypatch.setattr(argon2.PasswordHasher, "verify", broken)
+        monkeypatch.setattr(argon2.low_level, "hash_secret", broken)
+
+    return breaks

@@ -66,3 +66,16 @@ def hidden(response: Any, name: str) -> str:
     found = re.search(rf'name="{name}" value="([^"]*)"', response.content.decode())
     assert found is not None, f"no hidden {name} in the page"
     return found.group(1)
+
+
+# Django's mark of a value kept out of an error report.
+CLEANSED = "********************"
+
+
+def assert_report_keeps_out(report: str, *, raised_in: str, secrets: tuple[str, ...]) -> None:
+    """`report` (tests/accounts/conftest.py `error_reports`) is the report of the failure in
+    `raised_in`, its frames' variables are there but cleansed, and no secret is in it."""
+    assert "the hasher is out of order" in report and raised_in in report
+    assert CLEANSED in report
+    for secret in secrets:
+        assert secret not in report

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ from typing import Any
 import argon2
 import pytest
 import time_machine
+from django.db import connection, connections, transaction
 from django.test import Client
 
 from accounts import web
@@ -27,13 +29,18 @@ from accounts.services.sessions import token_hash
 from tests.accounts.conftest import MailServer
 from tests.accounts.self_service import (
     API,
+    PAGES,
     PASSWORD,
     api_login,
+    assert_report_keeps_out,
+    hidden,
     logged_in,
+    page_login,
     post_json,
     session_id,
     session_of,
 )
+from tests.conftest import need_service
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_rate_limit")]
 NEW_PASSWORD = "Nightingale-not-lark-7"
@@ -164,13 +171,18 @@ def test_unknown_user_and_wrong_password_get_the_same_answer_and_one_hash_each(
         ("nobody@example.org", PASSWORD),
         ("juliet@example.org", PASSWORD + "x"),
         ("not an address", PASSWORD),
+        # Domains that are no domain name (a typo, a label too long): no 500 either.
+        ("juliet@example", PASSWORD),
+        ("juliet@localhost", PASSWORD),
+        ("juliet@" + "ü" * 70 + ".org", PASSWORD),
+        ("juliet@-bad-.org", PASSWORD),
     ]:
         verifications.clear()
         response = api_login(client, username, password)
         answers.append((response.status_code, response.content))
         assert len(verifications) == 1, username
 
-    assert answers[0] == answers[1] == answers[2]
+    assert all(answer == answers[0] for answer in answers)
     assert answers[0][0] == HTTPStatus.UNAUTHORIZED
     assert b'"user:badLogin"' in answers[0][1]
     assert not AccountSession.objects.exists()
@@ -203,6 +215,43 @@ def test_only_active_ready_accounts_log_in(
     # A wrong password to such an account gets the plain answer: nothing tells more.
     wrong = api_login(client, "juliet@example.org", PASSWORD + "x")
     assert wrong.json() == api_login(client, "nobody@example.org").json()
+
+
+def test_login_folds_the_name_as_registration_stores_it(client: Client, owner: MailAccount) -> None:
+    # Registration stores user names NFKC-folded (accounts.services.names): "juliet" typed
+    # with a full-width J registered "juliet", so typing it the same way at login finds it.
+    assert api_login(client, "\uff2auliet@example.org").status_code == HTTPStatus.OK
+
+
+@pytest.mark.parametrize("where", ["value", "cookie"])
+def test_a_login_token_with_non_ascii_characters_is_refused_not_a_crash(
+    client: Client, owner: MailAccount, verifications: list[str], where: str
+) -> None:
+    token = post_json(client, f"{API}/login-prep").json()["loginToken"]
+    body = {"loginToken": token, "username": "juliet@example.org", "password": PASSWORD}
+    if where == "value":
+        body["loginToken"] = "é" + token[1:]
+    else:
+        client.cookies[web.login_cookie_name()] = "é" + token[1:]
+
+    response = post_json(client, f"{API}/login", body)
+
+    assert response.status_code == HTTPStatus.FORBIDDEN
+    assert response.json()["code"] == "user:csrf"
+    assert verifications == []
+    assert not AccountSession.objects.exists()
+
+
+def test_a_user_agent_the_database_cannot_store_is_cleaned_not_a_crash(
+    owner: MailAccount,
+) -> None:
+    # gunicorn refuses NUL in a header, but other servers (and runserver) pass it on.
+    client = Client(HTTP_USER_AGENT="Phone\x00 Mail\x07 1.0")
+
+    response = api_login(client, "juliet@example.org")
+
+    assert response.status_code == HTTPStatus.OK
+    assert AccountSession.objects.get().user_agent == "Phone Mail 1.0"
 
 
 def test_login_while_holding_a_session_replaces_it(client: Client, owner: MailAccount) -> None:
@@ -262,6 +311,22 @@ def test_a_session_call_without_the_csrf_header_is_refused_and_with_it_works(
     assert works.status_code == HTTPStatus.OK
 
 
+@pytest.mark.parametrize(
+    "value", ["é", "ü" * 64, "\u2603"], ids=["latin-1", "64 latin-1", "beyond latin-1"]
+)
+def test_a_csrf_header_with_non_ascii_characters_is_refused_not_a_crash(
+    two_sessions: tuple[Client, Client], owner: MailAccount, value: str
+) -> None:
+    mine, _other = two_sessions
+    before = snapshot(owner)
+
+    response = post_json(mine, f"{API}/full-name", {"fullName": "Mallory"}, HTTP_X_CSRF_TOKEN=value)
+
+    assert response.status_code == HTTPStatus.FORBIDDEN
+    assert response.json()["code"] == "user:csrf"
+    assert snapshot(owner) == before
+
+
 @pytest.mark.parametrize("csrf_case", ["none", "bad", "good"])
 @pytest.mark.parametrize("session_case", ["none", "bad", "good"])
 @pytest.mark.parametrize(("method", "path", "body"), CALLS, ids=[f"{m} {p}" for m, p, _ in CALLS])
@@ -293,6 +358,8 @@ def test_only_a_good_session_with_its_good_csrf_value_gets_through(
 
     if session_case == csrf_case == "good":
         assert response.status_code in {HTTPStatus.OK, HTTPStatus.NO_CONTENT}
+        # and it did what it says: a read changes nothing, every other call something
+        assert (snapshot(owner) == before) == (method == "get")
         return
     expected = {"none": "user:noAuth", "bad": "user:badAuth"}.get(session_case, "user:csrf")
     assert response.json()["code"] == expected
@@ -439,6 +506,41 @@ def test_sessions_end_at_their_maximum_age_however_busy(
         assert client.get(API).json()["code"] == "user:badAuth"
 
 
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+def test_a_session_ended_while_its_request_runs_answers_bad_auth_not_500(
+    owner: MailAccount,
+) -> None:
+    # The request has read its session and is about to move its expiry forward when a
+    # logout elsewhere (or a revoke, a password change) deletes the row.
+    if connection.vendor != "postgresql":
+        need_service("PostgreSQL", "the race needs a connection that waits for a row lock")
+    client = Client(raise_request_exception=False)
+    start = datetime.now(UTC)
+    with time_machine.travel(start, tick=False):
+        logged_in(client, "juliet@example.org")
+    answers: list[Any] = []
+
+    def call() -> None:
+        try:
+            answers.append(client.get(API))
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=call)
+    with time_machine.travel(start + timedelta(minutes=5), tick=False):  # due for a move
+        with transaction.atomic():
+            AccountSession.objects.select_for_update().get()
+            thread.start()
+            wait_for_lock_waiters(1)
+            AccountSession.objects.all().delete()
+        thread.join(timeout=60)
+
+    [response] = answers
+    assert response.status_code == HTTPStatus.UNAUTHORIZED
+    assert response.json()["code"] == "user:badAuth"
+
+
 def test_disabling_an_account_ends_its_sessions_at_the_next_request(
     client: Client, owner: MailAccount, stranger: MailAccount
 ) -> None:
@@ -497,6 +599,98 @@ def test_set_password_ends_every_other_session_and_this_one_continues(
     assert AccountSession.objects.count() == 1
     assert api_login(Client(), "juliet@example.org", PASSWORD).status_code == 401
     assert api_login(Client(), "juliet@example.org", NEW_PASSWORD).status_code == 200
+
+
+def test_set_password_changes_nothing_when_the_mail_server_refuses(
+    mail_server: MailServer, two_sessions: tuple[Client, Client], owner: MailAccount
+) -> None:
+    mine, other = two_sessions
+    mail_server.lose("juliet@example.org")
+    before = snapshot(owner)
+
+    response = set_password(mine, PASSWORD, NEW_PASSWORD)
+
+    assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
+    assert response.json()["code"] == "server:error"
+    assert response.json()["message"].startswith("Your password was not changed")
+    assert "no mailbox" not in response.json()["message"]  # the program's stderr: logged only
+    assert snapshot(owner) == before  # the hash, and every session
+    assert other.get(API).status_code == HTTPStatus.OK
+    assert mine.get(API).status_code == HTTPStatus.OK
+    assert api_login(Client(), "juliet@example.org", PASSWORD).status_code == HTTPStatus.OK
+    assert api_login(Client(), "juliet@example.org", NEW_PASSWORD).status_code == 401
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("second_via", ["api", "page"])
+def test_two_password_changes_at_once_leave_one_password_and_its_session(
+    owner: MailAccount, second_via: str
+) -> None:
+    # Two browsers of the owner change the password at the same moment. Each ends the
+    # other's session: one must win with its session and its password, the other be
+    # told its session ended; never both succeed with no session left and a password
+    # one of them does not know.
+    if connection.vendor != "postgresql":
+        need_service("PostgreSQL", "the race needs connections that wait for a row lock")
+    first, second = Client(), Client()
+    logged_in(first, "juliet@example.org")
+    if second_via == "page":
+        page_login(second, "juliet@example.org")
+        csrf = hidden(second.get(PAGES), "csrf")
+    else:
+        logged_in(second, "juliet@example.org")
+    answers: dict[str, int] = {}
+
+    def change(name: str, client: Client, new: str) -> None:
+        try:
+            if name == "second" and second_via == "page":
+                form = {"csrf": csrf, "current_password": PASSWORD}
+                form |= {"password": new, "password_again": new}
+                answers[name] = client.post(f"{PAGES}password", form).status_code
+            else:
+                answers[name] = set_password(client, PASSWORD, new).status_code
+        finally:
+            connections.close_all()
+
+    threads = [
+        threading.Thread(target=change, args=("first", first, NEW_PASSWORD)),
+        threading.Thread(target=change, args=("second", second, NEW_PASSWORD + "-2")),
+    ]
+    with transaction.atomic():
+        # Hold the account's row, so both changes are under way before either can finish.
+        MailAccount.objects.select_for_update().get(pk=owner.pk)
+        for thread in threads:
+            thread.start()
+        wait_for_lock_waiters(2)
+    for thread in threads:
+        thread.join(timeout=60)
+
+    succeeded = {HTTPStatus.NO_CONTENT, HTTPStatus.SEE_OTHER}
+    winners = [name for name, status in answers.items() if status in succeeded]
+    assert len(winners) == 1, answers
+    [loser] = {"first", "second"} - set(winners)
+    assert answers[loser] == HTTPStatus.UNAUTHORIZED  # its session was ended by the winner
+    winner = first if winners == ["first"] else second
+    new = NEW_PASSWORD if winner is first else NEW_PASSWORD + "-2"
+    assert AccountSession.objects.get().pk == session_id(winner)
+    assert api_login(Client(), "juliet@example.org", new).status_code == HTTPStatus.OK
+
+
+def wait_for_lock_waiters(count: int) -> None:
+    """Until `count` other connections of this database wait for a lock (PostgreSQL)."""
+    for _ in range(600):
+        with connection.cursor() as cursor:
+            # Inside a transaction the statistics views are a snapshot: take a fresh one.
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            if cursor.fetchone()[0] >= count:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"{count} connections never waited for the lock")
 
 
 @pytest.mark.parametrize(
@@ -677,12 +871,70 @@ def test_revoking_this_session_logs_out(client: Client, owner: MailAccount) -> N
     assert not AccountSession.objects.exists()
 
 
-def test_no_token_is_stored_in_clear(client: Client, owner: MailAccount) -> None:
-    token = logged_in(client, "juliet@example.org")
+def test_no_token_is_stored_in_clear(client: Client, owner: MailAccount, redis_client: Any) -> None:
+    login_token = post_json(client, f"{API}/login-prep").json()["loginToken"]
+    unused = post_json(Client(), f"{API}/login-prep").json()["loginToken"]  # still in the cache
+    body = {"loginToken": login_token, "username": "juliet@example.org", "password": PASSWORD}
+    csrf = post_json(client, f"{API}/login", body).json()["csrfToken"]
+    token = session_of(client)
+
+    rows = " ".join(str(value) for row in AccountSession.objects.values_list() for value in row)
+    # The cache (Redis) holds login tokens by their hash only, and nothing of a session.
+    cached = b" ".join(
+        key + b" " + (redis_client.get(key) or b"")
+        for key in redis_client.scan_iter()
+        if redis_client.type(key) == b"string"
+    )
+    assert token_hash(token) in rows
+    assert token_hash(unused).encode() in cached  # where the tokens would be, looked at
+    for secret in (token, csrf, login_token, unused):
+        assert secret not in rows
+        assert secret.encode() not in cached
+
+
+# ----- Error reports: no password, no token ------------------------------------------------------
+
+
+def test_the_error_report_of_a_failing_login_holds_no_password_and_no_token(
+    client: Client,
+    owner: MailAccount,
+    error_reports: Callable[[], str],
+    hasher_breaks: Callable[[], None],
+) -> None:
+    held = logged_in(client, "juliet@example.org")  # a cookie the failing login carries
+    hasher_breaks()
+    client.raise_request_exception = False
+    token = post_json(client, f"{API}/login-prep").json()["loginToken"]
+    body = {"loginToken": token, "username": "juliet@example.org", "password": PASSWORD}
+
+    response = post_json(client, f"{API}/login", body)
+
+    assert response.status_code == HTTPStatus.INTERNAL_SERVER_ERROR
     csrf = client.defaults["HTTP_X_CSRF_TOKEN"]
-    stored = [str(value) for row in AccountSession.objects.values_list() for value in row]
-    assert token not in stored and csrf not in stored
-    assert token_hash(token) in stored
+    assert_report_keeps_out(
+        error_reports(), raised_in="log_in", secrets=(PASSWORD, token, held, csrf)
+    )
+
+
+def test_the_error_report_of_a_failing_set_password_holds_neither_password(
+    client: Client,
+    owner: MailAccount,
+    error_reports: Callable[[], str],
+    hasher_breaks: Callable[[], None],
+) -> None:
+    held = logged_in(client, "juliet@example.org")
+    hasher_breaks()
+    client.raise_request_exception = False
+
+    response = set_password(client, PASSWORD, NEW_PASSWORD)
+
+    assert response.status_code == HTTPStatus.INTERNAL_SERVER_ERROR
+    csrf = client.defaults["HTTP_X_CSRF_TOKEN"]
+    assert_report_keeps_out(
+        error_reports(),
+        raised_in="change_password",
+        secrets=(PASSWORD, NEW_PASSWORD, held, csrf),
+    )
 
 
 # ----- Login brute force (RELIABILITY.md check 13) ------------------------------------------------
@@ -728,11 +980,13 @@ def test_more_than_ten_failures_a_minute_from_one_address_are_refused_for_the_wi
     assert {r.json()["code"] for r in failures} == {"user:badLogin"}
     assert refused.status_code == HTTPStatus.TOO_MANY_REQUESTS
     assert refused.json()["code"] == "user:rateLimited"
-    assert 0 < int(refused["Retry-After"]) <= 60
+    # Until the failures have aged out: a minute, plus at most one of the window's six slices.
+    assert 0 < int(refused["Retry-After"]) <= 60 + 10
     assert verifications == []  # no password is checked past the limit
     other_ip = new_ip()
     assert attempt(target, PASSWORD, other_ip).status_code == HTTPStatus.OK
-    with time_machine.travel(limits_on + timedelta(seconds=60), tick=False):
+    wait = timedelta(seconds=int(refused["Retry-After"]))
+    with time_machine.travel(limits_on + wait, tick=False):
         assert attempt(target, PASSWORD, ip).status_code == HTTPStatus.OK
 
 
@@ -750,9 +1004,67 @@ def test_no_more_than_a_hundred_failures_an_hour_on_one_account(
     assert refused.status_code == HTTPStatus.TOO_MANY_REQUESTS
     assert refused.json()["code"] == "user:rateLimited"
     assert len(verifications) == 100  # the 101st guess was never checked
-    assert 0 < int(refused["Retry-After"]) <= 3600
+    assert 0 < int(refused["Retry-After"]) <= 3600 + 600  # an hour and at most a slice
     # Another account is not locked by guesses at this one.
     assert attempt("juliet@example.org", PASSWORD, new_ip()).status_code == HTTPStatus.OK
+
+
+def test_the_address_limit_holds_across_the_turn_of_a_minute(
+    target: str, limits_on: datetime, verifications: list[str]
+) -> None:
+    # Ten failures in the last seconds of one clock minute, then more in the first seconds
+    # of the next: a fixed window would let ten more through, twenty in eleven seconds.
+    ip = new_ip()
+    with time_machine.travel(limits_on + timedelta(seconds=50), tick=False):
+        for _ in range(10):
+            assert attempt(target, "wrong", ip).status_code == HTTPStatus.UNAUTHORIZED
+    verifications.clear()
+    later = limits_on + timedelta(seconds=61)
+    with time_machine.travel(later, tick=False):
+        refused = attempt(target, PASSWORD, ip)
+
+    assert refused.status_code == HTTPStatus.TOO_MANY_REQUESTS
+    assert verifications == []
+    # Retry-After is honest: a second earlier still refused, then the failures have aged out.
+    wait = int(refused["Retry-After"])
+    assert 0 < wait <= 60
+    with time_machine.travel(later + timedelta(seconds=wait - 1), tick=False):
+        assert attempt(target, PASSWORD, ip).status_code == HTTPStatus.TOO_MANY_REQUESTS
+    with time_machine.travel(later + timedelta(seconds=wait), tick=False):
+        assert attempt(target, PASSWORD, ip).status_code == HTTPStatus.OK
+
+
+def test_the_account_limit_holds_across_the_turn_of_an_hour(
+    target: str, limits_on: datetime, settings: Any
+) -> None:
+    settings.LOGIN_FAILURES_PER_ACCOUNT_RATE = "5/h"  # the same code path, fewer hashes
+    with time_machine.travel(limits_on + timedelta(minutes=55), tick=False):
+        for _ in range(5):
+            assert attempt(target, "wrong", new_ip()).status_code == HTTPStatus.UNAUTHORIZED
+    with time_machine.travel(limits_on + timedelta(minutes=61), tick=False):
+        refused = attempt(target, PASSWORD, new_ip())
+
+    assert refused.status_code == HTTPStatus.TOO_MANY_REQUESTS
+    assert 0 < int(refused["Retry-After"]) <= 3600
+
+
+def test_refused_attempts_do_not_prolong_the_account_limit(
+    target: str, limits_on: datetime, settings: Any
+) -> None:
+    # A guesser who keeps knocking once the limit is reached checks no password, so the
+    # account opens again when its failures age out, not an hour after the last knock.
+    settings.LOGIN_FAILURES_PER_ACCOUNT_RATE = "5/h"
+    for _ in range(5):
+        assert attempt(target, "wrong", new_ip()).status_code == HTTPStatus.UNAUTHORIZED
+    for minutes in (10, 30, 50, 59):
+        with time_machine.travel(limits_on + timedelta(minutes=minutes), tick=False):
+            knock = attempt(target, "wrong", new_ip())
+            assert knock.status_code == HTTPStatus.TOO_MANY_REQUESTS
+    opens = limits_on + timedelta(minutes=59, seconds=int(knock["Retry-After"]))
+
+    with time_machine.travel(opens, tick=False):
+        assert attempt(target, PASSWORD, new_ip()).status_code == HTTPStatus.OK
+    assert opens <= limits_on + timedelta(minutes=70)
 
 
 def test_names_that_do_not_exist_are_limited_alike(
@@ -788,6 +1100,20 @@ def test_a_success_resets_only_that_addresss_failures(target: str, limits_on: da
     assert attempt(target, PASSWORD, unlucky).status_code == 429
 
 
+def test_a_success_forgives_only_the_addresss_failures_on_the_name_it_logged_in_as(
+    target: str, owner: MailAccount, limits_on: datetime
+) -> None:
+    # Someone guessing at other people's passwords cannot wipe the slate clean by logging
+    # in to an account of their own now and then.
+    ip = new_ip()
+    for _ in range(9):
+        assert attempt(target, "wrong", ip).status_code == HTTPStatus.UNAUTHORIZED
+    assert attempt("juliet@example.org", PASSWORD, ip).status_code == HTTPStatus.OK
+
+    assert attempt(target, "wrong", ip).status_code == HTTPStatus.UNAUTHORIZED  # the 10th
+    assert attempt(target, PASSWORD, ip).status_code == HTTPStatus.TOO_MANY_REQUESTS
+
+
 def test_login_prep_logout_and_password_changes_reset_no_counter(
     target: str, limits_on: datetime
 ) -> None:
@@ -817,6 +1143,26 @@ def test_login_fails_closed_when_the_cache_is_down(
     assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
     assert response.json()["code"] == "server:error"
     assert response["Retry-After"] == "30"
+
+
+def test_the_api_answers_503_while_the_database_is_down_and_works_after(
+    owner: MailAccount, database_down: Callable[[], None]
+) -> None:
+    client = Client(raise_request_exception=False)
+    logged_in(client, "juliet@example.org")
+    saved = dict(connection.settings_dict)
+    database_down()
+
+    calls = [client.get(API), post_json(client, f"{API}/full-name", {"fullName": "Jules"})]
+    calls.append(api_login(Client(raise_request_exception=False), "juliet@example.org"))
+
+    for response in calls:
+        assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
+        assert response.json()["code"] == "server:error"
+        assert int(response["Retry-After"]) > 0
+    connection.close()
+    connection.settings_dict.update(saved)
+    assert client.get(API).status_code == HTTPStatus.OK
 
 
 def test_the_schema_describes_every_account_call_with_its_csrf_header(client: Client) -> None:

@@ -48,6 +48,7 @@ from accounts.models import (
 )
 from accounts.services.names import BUILTIN_RESERVED
 from providers.models import Provider, Registration
+from tests.accounts.self_service import assert_report_keeps_out
 from tests.conftest import http_post_json
 
 URL = "/api/v1/register"
@@ -241,9 +242,46 @@ def test_login_on_success_opens_a_new_session_whatever_cookie_the_client_held(
 
     juliet = post(client, message(loginOnSuccess=True)).json()["payload"]["loginPayload"]
 
-    # RELIABILITY.md check 15: the session id after login is never one held before.
+    # RELIABILITY.md check 15: the session id after login is never one held before, and the
+    # one held before ends, as at Login (no session id survives a login).
     assert juliet["sessionToken"] != held
     assert login_client(juliet).get("/api/v1/account").json()["address"] == "juliet@example.org"
+    stale = login_client(romeo.json()["payload"]["loginPayload"])
+    assert stale.get("/api/v1/account").json()["code"] == "user:badAuth"
+    assert AccountSession.objects.count() == 1
+
+
+def test_the_error_report_of_a_failing_registration_holds_no_password_and_no_token(
+    client: Client,
+    provider: Provider,
+    error_reports: Callable[[], str],
+    hasher_breaks: Callable[[], None],
+) -> None:
+    held = post(client, message(username="romeo", thirdPIDs=[], loginOnSuccess=True)).json()
+    token = held["payload"]["loginPayload"]["sessionToken"]
+    client.cookies[web.session_cookie_name()] = token
+    hasher_breaks()
+    client.raise_request_exception = False
+    canary = f"Canary-{secrets.token_hex(8)}"
+
+    response = post(client, message(password=canary, loginOnSuccess=True))
+
+    assert response.status_code == HTTPStatus.INTERNAL_SERVER_ERROR
+    assert_report_keeps_out(error_reports(), raised_in="create_account", secrets=(canary, token))
+
+
+def test_login_on_success_stores_a_user_agent_the_database_cannot_take_cleaned(
+    provider: Provider,
+) -> None:
+    # The account is made before the session: a crash there would answer 500 for an
+    # account that exists (and its retry id_exists).
+    client = Client(HTTP_USER_AGENT="Delta\x00Chat")
+
+    response = post(client, message(loginOnSuccess=True))
+
+    assert response.status_code == HTTPStatus.CREATED
+    assert "loginPayload" in response.json()["payload"]
+    assert AccountSession.objects.get().user_agent == "DeltaChat"
 
 
 def test_login_on_success_gives_no_session_to_an_account_awaiting_approval(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -19,8 +20,10 @@ from accounts import web
 from accounts.models import AccountSession, AccountStatus, MailAccount
 from tests.accounts.conftest import MailServer
 from tests.accounts.self_service import (
+    CLEANSED,
     PAGES,
     PASSWORD,
+    assert_report_keeps_out,
     hidden,
     logged_in,
     page_login,
@@ -144,6 +147,43 @@ def test_wrong_password_and_unknown_address_get_the_same_page(
 
     assert message(wrong) == message(unknown) == "Wrong address or password."
     assert PASSWORD.encode() not in wrong.content  # the password is never shown back
+
+
+@pytest.mark.parametrize(
+    "username", ["nobody@example.org", "juliet@example", "juliet@localhost", "juliet@-x-.org"]
+)
+def test_an_address_that_cannot_exist_gets_the_wrong_password_page(
+    client: Client, owner: MailAccount, username: str
+) -> None:
+    response = page_login(client, username)
+
+    assert response.status_code == HTTPStatus.UNAUTHORIZED
+    assert "Wrong address or password." in response.content.decode()
+    assert not AccountSession.objects.exists()
+
+
+def test_a_login_token_field_with_non_ascii_characters_is_refused_not_a_crash(
+    client: Client, owner: MailAccount
+) -> None:
+    client.get(f"{PAGES}login")
+    form = {"login_token": "é", "username": "juliet@example.org", "password": PASSWORD}
+
+    response = client.post(f"{PAGES}login", form)
+
+    assert response.status_code == HTTPStatus.FORBIDDEN
+    assert not AccountSession.objects.exists()
+
+
+def test_a_csrf_field_with_non_ascii_characters_is_refused_not_a_crash(
+    browser: Client, owner: MailAccount
+) -> None:
+    before = snapshot(owner)
+
+    response = browser.post(f"{PAGES}full-name", {"csrf": "é" * 64, "full_name": "Mallory"})
+
+    assert response.status_code == HTTPStatus.FORBIDDEN
+    assert b"Nothing was changed" in response.content
+    assert snapshot(owner) == before
 
 
 @pytest.mark.parametrize("status", [AccountStatus.APPROVAL, AccountStatus.DISABLED])
@@ -326,6 +366,56 @@ def test_logout_ends_the_session_and_the_old_cookie_opens_nothing(
     assert "You are logged out." in browser.get(response["Location"]).content.decode()
 
 
+# ----- Error reports: no password, no token ------------------------------------------------------
+
+
+def test_the_error_report_of_a_failing_page_login_holds_no_password_and_no_token(
+    browser: Client,
+    error_reports: Callable[[], str],
+    hasher_breaks: Callable[[], None],
+) -> None:
+    held = session_of(browser)  # logging in again while logged in: the cookie goes along
+    form_page = Client().get(f"{PAGES}login")
+    token = hidden(form_page, "login_token")
+    browser.cookies[web.login_cookie_name()] = token
+    hasher_breaks()
+    browser.raise_request_exception = False
+
+    response = browser.post(
+        f"{PAGES}login",
+        {"login_token": token, "username": "juliet@example.org", "password": PASSWORD},
+    )
+
+    assert response.status_code == HTTPStatus.INTERNAL_SERVER_ERROR
+    report = error_reports()
+    assert_report_keeps_out(report, raised_in="log_in", secrets=(PASSWORD, token, held))
+    assert f"password = '{CLEANSED}'" in report  # the POST section, cleansed
+
+
+def test_the_error_report_of_a_failing_password_form_holds_no_password(
+    browser: Client,
+    error_reports: Callable[[], str],
+    hasher_breaks: Callable[[], None],
+) -> None:
+    csrf = csrf_of(browser)
+    hasher_breaks()
+    browser.raise_request_exception = False
+    form = {
+        "csrf": csrf,
+        "current_password": PASSWORD,
+        "password": NEW_PASSWORD,
+        "password_again": NEW_PASSWORD,
+    }
+
+    response = browser.post(f"{PAGES}password", form)
+
+    assert response.status_code == HTTPStatus.INTERNAL_SERVER_ERROR
+    report = error_reports()
+    secrets_ = (PASSWORD, NEW_PASSWORD, session_of(browser), csrf)
+    assert_report_keeps_out(report, raised_in="change_password", secrets=secrets_)
+    assert f"current_password = '{CLEANSED}'" in report
+
+
 # ----- CSRF matrix of the pages (RELIABILITY.md check 17) -----------------------------------------
 
 FORMS = [
@@ -367,6 +457,7 @@ def test_only_a_good_session_with_its_good_csrf_field_gets_a_form_through(
 
     if session_case == csrf_case == "good":
         assert response.status_code == HTTPStatus.SEE_OTHER
+        assert snapshot(owner) != before  # and the form did its change
         return
     expected = HTTPStatus.FORBIDDEN if session_case == "good" else HTTPStatus.UNAUTHORIZED
     assert response.status_code == expected
@@ -415,3 +506,111 @@ def test_the_pages_speak_german_to_a_german_browser(client: Client, owner: MailA
     assert "Anmelden" in login.content.decode()
     assert "Adresse oder Passwort falsch." in refused.content.decode()
     assert "Wo Sie angemeldet sind" in overview and "Passwort ändern" in overview
+
+
+def test_refusals_speak_german_to_a_german_browser(
+    browser: Client, owner: MailAccount, mail_server: MailServer
+) -> None:
+    foreign = browser.post(
+        f"{PAGES}full-name",
+        {"csrf": csrf_of(browser), "full_name": "Mallory"},
+        HTTP_ORIGIN="https://evil.example",
+        HTTP_ACCEPT_LANGUAGE="de",
+    )
+    assert "Diese Anfrage kam von der Seite einer anderen Website." in foreign.content.decode()
+
+
+def test_a_refused_password_change_says_so_in_words_of_its_own_and_in_german(
+    mail_server: MailServer, owner: MailAccount
+) -> None:
+    browser = Client()
+    page_login(browser, "juliet@example.org")
+    mail_server.lose("juliet@example.org")
+    form = {"csrf": csrf_of(browser), "current_password": PASSWORD}
+    form |= {"password": NEW_PASSWORD, "password_again": NEW_PASSWORD}
+
+    response = browser.post(f"{PAGES}password", form, HTTP_ACCEPT_LANGUAGE="de")
+
+    assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
+    text = response.content.decode()
+    assert "Ihr Passwort wurde nicht geändert" in text
+    assert "no mailbox" not in text  # the mail server's own words stay in the log
+
+
+def test_the_login_limit_answers_a_german_page_with_retry_after(
+    owner: MailAccount, settings: Any, redis_client: Any
+) -> None:
+    settings.RATELIMIT_ENABLE = True
+    settings.LOGIN_FAILURES_PER_IP_RATE = "1/m"
+    client = Client(REMOTE_ADDR=f"2001:db8:{secrets.randbelow(0xFFFF):x}::1")
+    assert page_login(client, "juliet@example.org", "wrong").status_code == 401
+
+    response = page_login(client, "juliet@example.org", HTTP_ACCEPT_LANGUAGE="de")
+
+    assert response.status_code == HTTPStatus.TOO_MANY_REQUESTS
+    assert 0 < int(response["Retry-After"]) <= 70
+    assert "Zu viele Fehlversuche" in response.content.decode()
+    assert not AccountSession.objects.exists()
+
+
+def test_the_pages_answer_503_while_the_database_is_down(
+    owner: MailAccount, database_down: Callable[[], None]
+) -> None:
+    browser = Client(raise_request_exception=False)
+    page_login(browser, "juliet@example.org")
+    database_down()
+
+    overview = browser.get(PAGES, HTTP_ACCEPT_LANGUAGE="de")
+    login = page_login(Client(raise_request_exception=False), "juliet@example.org")
+
+    assert overview.status_code == login.status_code == HTTPStatus.SERVICE_UNAVAILABLE
+    assert int(overview["Retry-After"]) > 0
+    assert "Die Kontodatenbank ist nicht erreichbar" in overview.content.decode()
+
+
+# ----- accessibility ---------------------------------------------------------------------------
+
+
+def described_by(page: str, field: str) -> list[str]:
+    """The texts of the elements the input `field` names in aria-describedby (each must exist)."""
+    found = re.search(rf'<input[^>]*name="{field}"[^>]*>', page)
+    assert found is not None, field
+    named = re.search(r'aria-describedby="([^"]*)"', found.group(0))
+    texts = []
+    for ident in named.group(1).split() if named else []:
+        element = re.search(rf'<(\w+)[^>]*id="{ident}"[^>]*>(.*?)</\1>', page, re.DOTALL)
+        assert element is not None, f"{field}: aria-describedby names {ident}, not in the page"
+        texts.append(re.sub(r"<[^>]+>", "", element.group(2)).strip())
+    return texts
+
+
+def test_a_fields_error_is_tied_to_its_input(browser: Client) -> None:
+    form = {"csrf": csrf_of(browser), "current_password": PASSWORD + "x"}
+    form |= {"password": NEW_PASSWORD, "password_again": NEW_PASSWORD}
+
+    page = browser.post(f"{PAGES}password", form).content.decode()
+
+    assert "The current password is wrong." in described_by(page, "current_password")
+    current = re.search(r'<input[^>]*name="current_password"[^>]*>', page)
+    assert current is not None
+    assert 'aria-invalid="true"' in current.group(0)
+    assert "autofocus" in current.group(0)  # without JavaScript, the cursor goes there
+    assert described_by(page, "password") == [
+        "At least 8 characters. Your other sessions and mail apps are logged out."
+    ]
+
+
+def test_each_end_button_names_its_session(browser: Client, owner: MailAccount) -> None:
+    # Two buttons both called "End" say nothing to a screen reader: each is described by
+    # its session's device cell.
+    logged_in(Client(HTTP_USER_AGENT="Juliet's phone"), "juliet@example.org")
+    page = browser.get(PAGES).content.decode()
+
+    buttons = re.findall(r'<button[^>]*aria-describedby="([^"]*)"[^>]*>\s*(?:End|Log out)', page)
+    devices = []
+    for ident in buttons:
+        cell = re.search(rf'<td id="{ident}">(.*?)</td>', page, re.DOTALL)
+        assert cell is not None, ident
+        devices.append(cell.group(1))
+    assert len(devices) == 2
+    assert any("Juliet&#x27;s phone" in device for device in devices)

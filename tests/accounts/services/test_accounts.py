@@ -19,6 +19,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from accounts import passwords
+from accounts.mailbox import MailboxError
 from accounts.mailbox import _load as load_backend
 from accounts.models import AccountStatus, CreatedVia, MailAccount, ReservedName, ThirdPartyID
 from accounts.services.accounts import (
@@ -27,10 +28,12 @@ from accounts.services.accounts import (
     RegistrationDisabled,
     WeakPassword,
     create_account,
+    set_password,
 )
 from accounts.services.names import NameRefused
 from portal.errors import InvalidInput
 from providers.models import Provider, Registration
+from tests.accounts.conftest import MailServer
 
 PASSWORD = "a-long-enough-passphrase-93"
 
@@ -354,3 +357,21 @@ def test_create_account_answers_database_unavailable_when_the_database_is_down(
     # The first read (the domain) already fails: every front door gets the same error.
     with pytest.raises(DatabaseUnavailable):
         create()
+
+
+def test_set_password_leaves_the_account_as_it_was_when_the_mail_server_refuses(
+    mail_server: MailServer, provider: Provider
+) -> None:
+    account = create_account(
+        domain="example.org", local_part="juliet", password=PASSWORD, created_via="admin"
+    )
+    before = (account.password, account.password_changed_at)
+    mail_server.lose("juliet@example.org")
+
+    with pytest.raises(MailboxError):
+        set_password(account=account, password="another-long-passphrase-7")
+
+    # The caller's object too: a later save() of it must not write the refused hash.
+    assert (account.password, account.password_changed_at) == before
+    account.refresh_from_db()
+    assert (account.password, account.password_changed_at) == before
