@@ -17,6 +17,7 @@ from django.core.cache import caches
 from django.http import HttpRequest, JsonResponse
 from django_ratelimit.core import get_usage
 
+from portal.audit import security_event
 from portal.errors import PortalError, ServiceUnavailable
 from portal.proxies import client_ip
 
@@ -127,6 +128,16 @@ LOGIN_FAILURES_PER_ACCOUNT = FailureLimit(
     group="accounts.login.account", rate_setting="LOGIN_FAILURES_PER_ACCOUNT_RATE"
 )
 
+# Django admin's login (portal/adminsite.py): failures per client address and per typed
+# user name, counted apart from the self-service logins above, so that a success there (any
+# mail account holder can log in) forgives nothing here. ADMIN_LOGIN_FAILURES_* in settings.
+ADMIN_LOGIN_FAILURES_PER_IP = FailureLimit(
+    group="admin.login.ip", rate_setting="ADMIN_LOGIN_FAILURES_PER_IP_RATE"
+)
+ADMIN_LOGIN_FAILURES_PER_ACCOUNT = FailureLimit(
+    group="admin.login.account", rate_setting="ADMIN_LOGIN_FAILURES_PER_ACCOUNT_RATE"
+)
+
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _RATE = re.compile(r"^(\d+)/(\d*)([smhd])$")
 # Counter keys outlive their window by this much, so that a late increment never finds the
@@ -158,6 +169,7 @@ class _Counter:
     """One fixed-window failure counter (a cache key) of a FailureLimit and a value."""
 
     def __init__(self, limit: FailureLimit, value: str, now: float) -> None:
+        self.group = limit.group
         self.limit, self.period = limit.rate
         window = int(now) - int(now) % self.period
         digest = hashlib.sha256(value.encode()).hexdigest()
@@ -179,7 +191,15 @@ class _Counter:
 
 @contextlib.contextmanager
 def credential_attempt(
-    request: HttpRequest, *, name: str, failure: type[Exception], forgive_address: bool = True
+    request: HttpRequest,
+    *,
+    name: str,
+    failure: type[Exception],
+    forgive_address: bool = True,
+    limits: tuple[FailureLimit, FailureLimit] = (
+        LOGIN_FAILURES_PER_IP,
+        LOGIN_FAILURES_PER_ACCOUNT,
+    ),
 ) -> Iterator[None]:
     """Guard one check of a password against the LOGIN_FAILURES_* limits.
 
@@ -189,20 +209,25 @@ def credential_attempt(
     if it succeeds, the attempt is taken back from `name`'s count and, for a login
     (`forgive_address`), the client address's failures are forgiven (reset); any other
     error takes the attempt back from both. Fails closed: RateLimiterUnavailable when the
-    cache cannot count.
+    cache cannot count. `limits`: (per address, per name); the self-service ones by default.
     """
     if not getattr(settings, "RATELIMIT_ENABLE", True):
         yield
         return
     now = time.time()
-    by_address = _Counter(LOGIN_FAILURES_PER_IP, address_key(request), now)
-    by_name = _Counter(LOGIN_FAILURES_PER_ACCOUNT, name.strip().lower(), now)
+    per_address, per_name = limits
+    by_address = _Counter(per_address, address_key(request), now)
+    by_name = _Counter(per_name, name.strip().lower(), now)
     try:
         over = [c for c in (by_address, by_name) if c.count() > c.limit]
     except Exception as exc:  # the backend's own errors (redis.RedisError, OSError, ...)
         logger.warning("login failure counters: cache unavailable: %s", type(exc).__name__)
+        security_event("rate_limit", outcome="unavailable", limit=per_address.group)
         raise RateLimiterUnavailable() from None
     if over:
+        security_event(
+            "rate_limit", outcome="limited", actor=name, limit=over[0].group, window=over[0].period
+        )
         raise RateLimited(retry_after=max(counter.retry_after for counter in over))
     try:
         yield
@@ -261,6 +286,7 @@ def enforce(request: HttpRequest, policy: Policy, *, rate: str | None = None) ->
         )
     except Exception as exc:  # the backend's own errors (redis.RedisError, OSError, ...)
         logger.warning("rate limit %s: cache unavailable: %s", policy.group, type(exc).__name__)
+        security_event("rate_limit", outcome="unavailable", limit=policy.group)
         raise RateLimiterUnavailable() from None
     if usage is None:  # RATELIMIT_ENABLE is off
         return
@@ -269,7 +295,9 @@ def enforce(request: HttpRequest, policy: Policy, *, rate: str | None = None) ->
     if usage["time_left"] < 0:
         # django-ratelimit's own fail-closed answer: the cache gave no count.
         logger.warning("rate limit %s: cache gave no count", policy.group)
+        security_event("rate_limit", outcome="unavailable", limit=policy.group)
         raise RateLimiterUnavailable()
+    security_event("rate_limit", outcome="limited", limit=policy.group)
     raise RateLimited(retry_after=max(1, int(usage["time_left"])))
 
 

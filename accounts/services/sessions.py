@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from http import HTTPStatus
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.cache import caches
 from django.db import transaction
 from django.utils import timezone
@@ -27,6 +28,7 @@ from django.utils.translation import gettext_lazy as _
 
 from accounts import passwords
 from accounts.models import AccountSession, AccountStatus, MailAccount, MailboxState
+from portal.audit import security_event
 from portal.errors import NotFound, PortalError, ServiceUnavailable
 from providers.domains import DomainError, to_ascii
 
@@ -219,11 +221,14 @@ def log_in(
     (portal.ratelimit.credential_attempt around this call).
     """
     address = normalise_login_name(username)
-    account = (
-        MailAccount.objects.with_address(address).select_related("domain__provider").first()
-        if "@" in address
-        else None
-    )
+    try:
+        account = (
+            MailAccount.objects.with_address(address).select_related("domain__provider").first()
+            if "@" in address
+            else None
+        )
+    except ValidationError:  # no domain can be named so (a line break in it): unknown
+        account = None
     if account is None:
         passwords.verify_password(password, passwords.dummy_hash())
         raise _refused(address, client, "unknown")
@@ -238,14 +243,14 @@ def log_in(
         if replaces:
             AccountSession.objects.filter(token_hash=token_hash(replaces)).delete()
         new = open_session(account=account, client=client)
-    logger.info("self-service login: %s from %s", account.address, client.ip or "-")
+    security_event("login", outcome="success", actor=account.address, ip=client.ip)
     return new
 
 
 def _refused(address: str, client: ClientInfo, why: str, message: str | None = None) -> BadLogin:
-    """BadLogin, logged on one line for the operator (fail2ban and the like): never the
-    password; the typed name repr()-quoted, so a line break in it cannot forge a line."""
-    logger.info("self-service login refused: %r from %s (%s)", address, client.ip or "-", why)
+    """BadLogin, logged as one security event for the operator (fail2ban and the like):
+    never the password; the typed name JSON-escaped, so a line break cannot forge a line."""
+    security_event("login", outcome="failure", actor=address, ip=client.ip, reason=why)
     return BadLogin(message)
 
 
