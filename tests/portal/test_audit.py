@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from django.contrib.admin.models import LogEntry
 from django.core.cache import cache
 from django.test import Client, RequestFactory
 
