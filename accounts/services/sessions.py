@@ -18,8 +18,8 @@ from datetime import datetime, timedelta
 from http import HTTPStatus
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.core.cache import caches
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 from django.utils.crypto import salted_hmac

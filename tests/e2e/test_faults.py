@@ -1,0 +1,252 @@
+"""Network faults between the portal and its services, injected by tests/fakes/tcp_proxy.py.
+
+The fault proxy sits in front of PostgreSQL (the live portal under gunicorn reaches its
+database only through it), Redis (cache and rate limits) and Dovecot's doveadm API; the
+remote providers' side is tests/providers/services/test_fanout_faults.py. Each fault
+(drop, stall, reset, delay) must give a clear answer within the documented timeout (503
+with Retry-After, never a 500 or a hang) and leave nothing lost or duplicated: once the
+path heals, the same request succeeds exactly once. RELIABILITY.md checks 6 and 7,
+invariants 1 and 3.
+
+Timeouts these tests hold the portal to (portal/settings.py): PostgreSQL connect_timeout
+5 s; Redis socket_connect_timeout and socket_timeout 2 s, one retry of a lost connection;
+doveadm 5 s (accounts/mailbox/doveadm.py).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from http import HTTPStatus
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test import Client
+
+from accounts import cpe3
+from accounts.models import AccountSession, MailAccount
+from accounts.passwords import verify_password
+from accounts.services.accounts import account_summary, change_password, create_account
+from accounts.services.sessions import ClientInfo, open_session
+from providers.models import Provider
+from tests.conftest import PortalServer, database_url, http_post_json
+from tests.fakes.tcp_proxy import FaultProxy
+
+pytestmark = [pytest.mark.services]
+
+PASSWORD = "Balcony-at-midnight-42"
+PG_CONNECT_TIMEOUT = 5.0
+REDIS_TIMEOUT = 2.0
+DOVEADM_TIMEOUT = 5.0
+MARGIN = 3.0  # process start-up of a request, a loaded 2-core machine
+
+
+@pytest.fixture
+def proxy_to() -> Iterator[Callable[[int], FaultProxy]]:
+    proxies: list[FaultProxy] = []
+
+    def start(port: int) -> FaultProxy:
+        proxy = FaultProxy(port)
+        proxies.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in proxies:
+        proxy.close()
+
+
+def registration(username: str) -> dict[str, Any]:
+    return {
+        "id": secrets.token_hex(8),
+        "type": cpe3.REGISTER,
+        "to": ["example.org"],
+        "payload": {"username": username, "password": PASSWORD},
+    }
+
+
+# ----- PostgreSQL ------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("fault", ["drop", "stall", "reset"])
+def test_registration_answers_503_while_postgres_is_cut_off_and_succeeds_once_after(
+    portal_server: Callable[..., PortalServer],
+    make_provider: Callable[..., Provider],
+    proxy_to: Callable[[int], FaultProxy],
+    fault: str,
+) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's own connection behaviour (SQLite has no network path)")
+    make_provider()
+    database = dict(connection.settings_dict)
+    proxy = proxy_to(int(database["PORT"] or 5432))
+    through = database_url({**database, "HOST": "127.0.0.1", "PORT": str(proxy.port)})
+    server = portal_server(DATABASE_URL=through, PORTAL_TRUSTED_PROXIES="127.0.0.1/32")
+    url = f"{server.url}/api/v1/register"
+
+    def register(body: dict[str, Any], client: str) -> tuple[int, dict[str, Any], float]:
+        started = time.monotonic()
+        status, answer = http_post_json(url, body, {"X-Forwarded-For": client})
+        return status, answer, time.monotonic() - started
+
+    warm, _, _ = register(registration("warmup"), "198.18.0.1")
+    assert warm == HTTPStatus.CREATED  # the portal holds a live connection now
+    getattr(proxy, fault)()
+    proxy.cut()  # the held connection goes too: the next request must connect anew
+
+    body = registration("romeo")
+    status, answer, seconds = register(body, "198.18.0.2")
+
+    assert status == HTTPStatus.SERVICE_UNAVAILABLE, answer
+    assert seconds < PG_CONNECT_TIMEOUT + MARGIN, seconds
+    assert not MailAccount.objects.filter(local_part="romeo").exists()
+    proxy.heal()
+    status, answer, _ = register(body, "198.18.0.3")  # the client's retry, once healed
+    assert status == HTTPStatus.CREATED, answer
+    assert MailAccount.objects.filter(local_part="romeo").count() == 1
+    assert MailAccount.objects.count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_registration_through_a_slow_postgres_path_succeeds_once(
+    portal_server: Callable[..., PortalServer],
+    make_provider: Callable[..., Provider],
+    proxy_to: Callable[[int], FaultProxy],
+) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's own connection behaviour (SQLite has no network path)")
+    make_provider()
+    database = dict(connection.settings_dict)
+    proxy = proxy_to(int(database["PORT"] or 5432))
+    proxy.delay(0.02)  # every chunk, both ways: a few hundred ms for one registration
+    server = portal_server(
+        DATABASE_URL=database_url({**database, "HOST": "127.0.0.1", "PORT": str(proxy.port)})
+    )
+
+    status, answer = http_post_json(f"{server.url}/api/v1/register", registration("juliet"))
+
+    assert status == HTTPStatus.CREATED, answer
+    assert MailAccount.objects.filter(local_part="juliet").count() == 1
+
+
+# ----- Redis (cache: rate limits, suggestions' cache) ---------------------------------------
+
+
+@pytest.fixture
+def redis_through(
+    redis_client: Any, settings: Any, proxy_to: Callable[[int], FaultProxy]
+) -> FaultProxy:
+    """The cache on the configured Redis, reached through a fault proxy."""
+    from urllib.parse import urlsplit
+
+    from django.conf import settings as django_settings
+
+    parts = urlsplit(django_settings.REDIS_URL)
+    proxy = proxy_to(parts.port or 6379)
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": parts._replace(netloc=f"127.0.0.1:{proxy.port}").geturl(),
+            "KEY_PREFIX": f"faults-{secrets.token_hex(4)}",
+            "OPTIONS": django_settings.REDIS_CACHE_OPTIONS,
+        }
+    }
+    settings.RATELIMIT_ENABLE = True
+    settings.SUGGESTION_RATE = "5/m"
+    return proxy
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("fault", ["drop", "stall", "reset"])
+def test_suggestions_fail_closed_within_the_redis_timeout_and_count_again_after(
+    redis_through: FaultProxy, make_provider: Callable[..., Provider], fault: str
+) -> None:
+    make_provider(tos_url="https://example.org/tos", privacy_url="https://example.org/")
+    client = Client(REMOTE_ADDR="198.18.1.1")
+
+    def ask() -> tuple[int, float]:
+        started = time.monotonic()
+        answer = client.get("/api/v1/suggestions", {"first_name": "Juliet", "last_name": "C"})
+        return answer.status_code, time.monotonic() - started
+
+    assert ask()[0] == HTTPStatus.OK  # one of five counted
+    getattr(redis_through, fault)()
+
+    status, seconds = ask()
+
+    assert status == HTTPStatus.SERVICE_UNAVAILABLE
+    # A stalled or dropped path costs one read timeout (2 s) per cache call the request
+    # makes: the admin-set rate's look-up and the limiter's count, no retries on top (it
+    # took three, 6 s, when the failed look-up was also written back).
+    assert seconds < 2 * REDIS_TIMEOUT + 1.5, seconds
+    redis_through.heal()
+    redis_through.cut()  # the client's pooled connection may be mid-answer: start clean
+    statuses = [ask()[0] for _ in range(6)]
+    # Counting resumed where it was: never unlimited. The failed request may or may not
+    # have been counted (the fault may hit after the increment), so four or five pass.
+    assert statuses.count(HTTPStatus.OK) in (4, 5), statuses
+    assert statuses[-1] == HTTPStatus.TOO_MANY_REQUESTS, statuses
+
+
+@pytest.mark.django_db
+def test_suggestions_through_a_slow_redis_path_are_counted_as_usual(
+    redis_through: FaultProxy, make_provider: Callable[..., Provider]
+) -> None:
+    make_provider(tos_url="https://example.org/tos", privacy_url="https://example.org/")
+    redis_through.delay(0.02)
+    client = Client(REMOTE_ADDR="198.18.1.2")
+
+    statuses = [
+        client.get("/api/v1/suggestions", {"first_name": "Juliet"}).status_code for _ in range(6)
+    ]
+
+    assert statuses == [HTTPStatus.OK] * 5 + [HTTPStatus.TOO_MANY_REQUESTS]
+
+
+# ----- Dovecot's doveadm API ------------------------------------------------------------------
+
+
+@pytest.fixture
+def doveadm_through(
+    dovecot: Any, settings: Any, proxy_to: Callable[[int], FaultProxy]
+) -> FaultProxy:
+    proxy = proxy_to(dovecot.doveadm_port)
+    settings.DOVEADM_API_URL = f"http://127.0.0.1:{proxy.port}"
+    settings.DOVEADM_API_KEY = dovecot.doveadm_key
+    return proxy
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("fault", ["drop", "stall", "reset"])
+def test_a_password_change_completes_within_the_doveadm_timeout_when_dovecot_is_cut_off(
+    doveadm_through: FaultProxy, make_provider: Callable[..., Provider], fault: str
+) -> None:
+    make_provider()
+    account = create_account(
+        domain="example.org", local_part="nurse", password=PASSWORD, created_via="api"
+    )
+    session = open_session(account=account, client=ClientInfo(ip="198.18.2.1"))
+    assert account_summary(account=account).storage_used is not None  # doveadm answers
+    getattr(doveadm_through, fault)()
+
+    started = time.monotonic()
+    change_password(
+        account=account,
+        current_password=PASSWORD,
+        password="Nightingale-not-lark-7",
+        session=session.session,
+    )
+    summary = account_summary(account=account)
+    seconds = time.monotonic() - started
+
+    # Two doveadm calls (kick, quota): each bounded by its timeout, neither fatal.
+    assert seconds < 2 * DOVEADM_TIMEOUT + MARGIN, seconds
+    assert summary.storage_used is None  # "unknown", said so, not an error page
+    account.refresh_from_db()
+    assert verify_password("Nightingale-not-lark-7", account.password)
+    assert AccountSession.objects.filter(account=account).count() == 1  # this one stays
+    doveadm_through.heal()
+    doveadm_through.cut()
+    assert account_summary(account=account).storage_used is not None
