@@ -248,3 +248,39 @@ def test_an_admin_change_is_one_admin_change_event(
     assert change["outcome"] == "change" and change["actor"] == "root"
     assert change["model"] == "accounts.mailaccount" and change["object_id"] == str(account.pk)
     assert "Full name" in change["change"] or "full_name" in change["change"].lower()
+
+
+@pytest.mark.django_db
+def test_each_code_of_a_sheet_job_is_audited_as_its_administrators(
+    administrator: User,
+    make_provider: Callable[..., Provider],
+    security_events: Callable[[str], list[Any]],
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from accounts.models import SheetJob
+    from accounts.services.sheets import build_sheet
+
+    make_provider()
+    accounts = [
+        create_account(domain="example.org", local_part=name, password=PASSWORD, created_via="api")
+        for name in ("dora", "emil")
+    ]
+    job = SheetJob.objects.create(
+        created_by=administrator,
+        account_ids=[a.pk for a in accounts],
+        total=2,
+        expires_at=timezone.now() + timedelta(hours=1),
+    )
+
+    build_sheet(job_id=job.pk)
+
+    codes = security_events("dclogin.generated")
+    assert sorted(c["account"] for c in codes) == ["dora@example.org", "emil@example.org"]
+    assert {(c["actor"], c["via"]) for c in codes} == {("root", f"sheet {job.pk}")}
+    for account in accounts:
+        (entry,) = LogEntry.objects.filter(object_id=str(account.pk))
+        assert entry.user_id == administrator.pk
+        assert f"sheet {job.pk}" in entry.get_change_message()
