@@ -59,10 +59,17 @@ from _common import (
     postgres_answers,
     postgres_database,
 )
-from autoconfig import ROOT, VAR, VENV_BIN, BenchError, _stop_on_sigterm, manage
+from autoconfig import (
+    POSTGRES_ADMIN_DSN,
+    ROOT,
+    VAR,
+    VENV_BIN,
+    BenchError,
+    _stop_on_sigterm,
+    manage,
+)
 
 DATABASE = "mailportal_load"
-POSTGRES_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=2"
 DOMAIN = "example.org"
 MIX = {"suggestions": 70, "register": 20, "autoconfig": 10}
 EXPECTED = {"suggestions": 200, "register": 201, "autoconfig": 200}

@@ -69,20 +69,28 @@ def registration(username: str) -> dict[str, Any]:
 # ----- PostgreSQL ------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def postgres_through(
+    transactional_db: None, proxy_to: Callable[[int], FaultProxy]
+) -> tuple[FaultProxy, str]:
+    """A fault proxy in front of the test database's PostgreSQL, and a DATABASE_URL via it."""
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's own connection behaviour (SQLite has no network path)")
+    database = dict(connection.settings_dict)
+    proxy = proxy_to(int(database["PORT"] or 5432))
+    return proxy, database_url({**database, "HOST": "127.0.0.1", "PORT": str(proxy.port)})
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("fault", ["drop", "stall", "reset"])
 def test_registration_answers_503_while_postgres_is_cut_off_and_succeeds_once_after(
     portal_server: Callable[..., PortalServer],
     make_provider: Callable[..., Provider],
-    proxy_to: Callable[[int], FaultProxy],
+    postgres_through: tuple[FaultProxy, str],
     fault: str,
 ) -> None:
-    if connection.vendor != "postgresql":
-        pytest.skip("PostgreSQL's own connection behaviour (SQLite has no network path)")
     make_provider()
-    database = dict(connection.settings_dict)
-    proxy = proxy_to(int(database["PORT"] or 5432))
-    through = database_url({**database, "HOST": "127.0.0.1", "PORT": str(proxy.port)})
+    proxy, through = postgres_through
     server = portal_server(DATABASE_URL=through, PORTAL_TRUSTED_PROXIES="127.0.0.1/32")
     url = f"{server.url}/api/v1/register"
 
@@ -113,17 +121,12 @@ def test_registration_answers_503_while_postgres_is_cut_off_and_succeeds_once_af
 def test_registration_through_a_slow_postgres_path_succeeds_once(
     portal_server: Callable[..., PortalServer],
     make_provider: Callable[..., Provider],
-    proxy_to: Callable[[int], FaultProxy],
+    postgres_through: tuple[FaultProxy, str],
 ) -> None:
-    if connection.vendor != "postgresql":
-        pytest.skip("PostgreSQL's own connection behaviour (SQLite has no network path)")
     make_provider()
-    database = dict(connection.settings_dict)
-    proxy = proxy_to(int(database["PORT"] or 5432))
+    proxy, through = postgres_through
     proxy.delay(0.02)  # every chunk, both ways: a few hundred ms for one registration
-    server = portal_server(
-        DATABASE_URL=database_url({**database, "HOST": "127.0.0.1", "PORT": str(proxy.port)})
-    )
+    server = portal_server(DATABASE_URL=through)
 
     status, answer = http_post_json(f"{server.url}/api/v1/register", registration("juliet"))
 

@@ -178,17 +178,21 @@ def test_admin_outside_the_admin_networks_is_404_login_included(
 # ----- actions and DCLOGIN codes are audited ---------------------------------------------
 
 
+def accounts_of(provider: Provider, *names: str) -> list[MailAccount]:
+    domain = provider.domains.get()
+    return [
+        create_account(domain=domain, local_part=name, password=PASSWORD, created_via="api")
+        for name in names
+    ]
+
+
 @pytest.mark.django_db
 def test_an_admin_action_and_each_dclogin_code_it_makes_are_audited(
     administrator: User,
     make_provider: Callable[..., Provider],
     security_events: Callable[[str], list[Any]],
 ) -> None:
-    make_provider()
-    accounts = [
-        create_account(domain="example.org", local_part=name, password=PASSWORD, created_via="api")
-        for name in ("anna", "ben")
-    ]
+    accounts = accounts_of(make_provider(), "anna", "ben")
     client = Client(REMOTE_ADDR="192.0.2.90")
     client.force_login(administrator)
 
@@ -263,11 +267,7 @@ def test_each_code_of_a_sheet_job_is_audited_as_its_administrators(
     from accounts.models import SheetJob
     from accounts.services.sheets import build_sheet
 
-    make_provider()
-    accounts = [
-        create_account(domain="example.org", local_part=name, password=PASSWORD, created_via="api")
-        for name in ("dora", "emil")
-    ]
+    accounts = accounts_of(make_provider(), "dora", "emil")
     job = SheetJob.objects.create(
         created_by=administrator,
         account_ids=[a.pk for a in accounts],
