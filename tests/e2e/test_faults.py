@@ -15,13 +15,19 @@ doveadm 5 s (accounts/mailbox/doveadm.py).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings as django_settings
 from django.db import connection
 from django.test import Client
 
@@ -31,7 +37,7 @@ from accounts.passwords import verify_password
 from accounts.services.accounts import account_summary, change_password, create_account
 from accounts.services.sessions import ClientInfo, open_session
 from providers.models import Provider
-from tests.conftest import PortalServer, database_url, http_post_json
+from tests.conftest import PortalServer, database_url, http_post_json, need_service
 from tests.fakes.tcp_proxy import FaultProxy
 
 pytestmark = [pytest.mark.services]
@@ -253,3 +259,132 @@ def test_a_password_change_completes_within_the_doveadm_timeout_when_dovecot_is_
     doveadm_through.heal()
     doveadm_through.cut()
     assert account_summary(account=account).storage_used is not None
+
+
+# ----- PostgreSQL stopped and started for real --------------------------------------------
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of this test alone (initdb in a temporary folder, a free port),
+    so that it can be stopped and started under the live portal; the machine's shared
+    server is never touched. Run as the postgres user when the tests run as root."""
+
+    def __init__(self, directory: Path, port: int) -> None:
+        import glob
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+        if not found:
+            need_service("PostgreSQL server binaries", "no /usr/lib/postgresql/*/bin/pg_ctl")
+        self.bin = Path(found[-1]).parent
+        self.directory = directory
+        self.data = directory / "data"
+        self.port = port
+        self.url = f"postgres://postgres@127.0.0.1:{port}/portal"
+
+    def _run(self, *argv: str) -> None:
+        command = [str(self.bin / argv[0]), *argv[1:]]
+        if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+            command = ["runuser", "-u", "postgres", "--", *command]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{argv[0]} failed: {done.stdout}{done.stderr}")
+
+    def create(self) -> None:
+        if os.geteuid() == 0:
+            import shutil
+
+            shutil.chown(self.directory, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        self.start()
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "portal")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l",
+                  str(self.directory / "postgres.log"), "-w", "start")  # fmt: skip
+
+    def stop(self) -> None:
+        """Fast shutdown: open connections are terminated, as in a real restart."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def count_accounts(self, local_part: str) -> int:
+        import psycopg
+
+        with psycopg.connect(self.url.replace("postgres://", "postgresql://")) as db:
+            row = db.execute(
+                "SELECT count(*) FROM accounts_mailaccount WHERE local_part = %s", [local_part]
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+
+@pytest.fixture
+def private_postgres(free_port: int) -> Iterator[PrivatePostgres]:
+    import shutil
+    import tempfile
+
+    # Not pytest's tmp_path: the postgres user must enter it (pytest's base is 0700).
+    directory = Path(tempfile.mkdtemp(prefix="mailportal-pg-"))
+    server = PrivatePostgres(directory, free_port)
+    try:
+        server.create()
+    except RuntimeError as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        need_service("a private PostgreSQL", str(exc))
+    yield server
+    with contextlib.suppress(RuntimeError):
+        server.stop()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_postgres_restart_under_the_live_portal_costs_503s_then_nothing(
+    portal_server: Callable[..., PortalServer], private_postgres: PrivatePostgres, tmp_path: Path
+) -> None:
+    env = {**os.environ, "DATABASE_URL": private_postgres.url}
+    env.pop("REDIS_URL", None)
+    for command in (["migrate", "--noinput"], ["import_providers", "deploy/demo-providers.json"]):
+        done = subprocess.run(
+            [sys.executable, "manage.py", *command], cwd=django_settings.BASE_DIR, env=env,
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+    server = portal_server(DATABASE_URL=private_postgres.url, PORTAL_TRUSTED_PROXIES="127.0.0.1/32")
+    url = f"{server.url}/api/v1/register"
+
+    def register(body: dict[str, Any], client: str) -> tuple[int, dict[str, Any], float]:
+        started = time.monotonic()
+        status, answer = http_post_json(url, body, {"X-Forwarded-For": client})
+        return status, answer, time.monotonic() - started
+
+    assert register(registration("before"), "198.18.3.1")[0] == HTTPStatus.CREATED
+    private_postgres.stop()  # the portal's open connection is terminated by the server
+
+    body = registration("during")
+    status, answer, seconds = register(body, "198.18.3.2")
+    health = http_get_json(f"{server.url}/healthz")
+
+    assert status == HTTPStatus.SERVICE_UNAVAILABLE, answer
+    assert seconds < PG_CONNECT_TIMEOUT + MARGIN, seconds
+    assert health == (HTTPStatus.SERVICE_UNAVAILABLE, {"status": "down", "database": "down",
+                                                      "redis": "not configured"})  # fmt: skip
+    private_postgres.start()
+    # The first request after the restart finds its held connection dead and opens a new
+    # one (CONN_HEALTH_CHECKS): no 500, and the retried registration is made once.
+    status, answer, _ = register(body, "198.18.3.3")
+    assert status == HTTPStatus.CREATED, answer
+    assert private_postgres.count_accounts("during") == 1
+    assert private_postgres.count_accounts("before") == 1
+    assert http_get_json(f"{server.url}/healthz")[0] == HTTPStatus.OK
+    assert "Internal Server Error" not in Path(server.log.name).read_text(errors="replace")
+
+
+def http_get_json(url: str) -> tuple[int, Any]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=30) as answer:  # noqa: S310 - the test server
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
