@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/fanout.py
 	$(BIN)/python bench/sheets.py
 	$(BIN)/python bench/push_sessions.py
+	$(BIN)/python bench/load.py
 
 clean:
 	rm -rf $(VENV) var/static

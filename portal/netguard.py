@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.utils.module_loading import import_string
 
+from portal.audit import security_event
 from portal.errors import PortalError
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,13 @@ class EgressRefused(PortalError):
     code = "egress_refused"
     status = HTTPStatus.UNPROCESSABLE_ENTITY
     default_message = "This address may not be used: it is not a public internet address."
+
+
+def _refused(message: str, **fields: str) -> EgressRefused:
+    """EgressRefused, recorded as one `egress.refused` security event (never the URL: a
+    push endpoint's path is its credential)."""
+    security_event("egress.refused", outcome="refused", reason=message, **fields)
+    return EgressRefused(message)
 
 
 class UnresolvableHost(PortalError):
@@ -164,10 +172,9 @@ def resolve(host: str, port: int) -> list[Address]:
     for address in addresses:
         reason = refusal_reason(address)
         if reason is not None:
-            logger.warning(
-                "egress refused: %s resolves to %s (%s)", _printable(host), address, reason
+            raise _refused(
+                f"{_printable(host)} resolves to a {reason} address.", address=str(address)
             )
-            raise EgressRefused(f"{_printable(host)} resolves to a {reason} address.")
     return addresses
 
 
@@ -177,7 +184,7 @@ def check_port(addresses: Iterable[Address], port: int, allowed: frozenset[int])
         return
     if all(is_allow_listed(address) for address in addresses):
         return
-    raise EgressRefused(f"Port {port} may not be used here.")
+    raise _refused(f"Port {port} may not be used here.")
 
 
 def _printable(text: str) -> str:
@@ -213,16 +220,16 @@ def check_url(url: str, *, allow_http: bool) -> Target:
     parts = urlsplit(url.strip())
     schemes = {"https", "http"} if allow_http else {"https"}
     if parts.scheme not in schemes:
-        raise EgressRefused(f"Only {' or '.join(sorted(schemes))} URLs are accepted.")
+        raise _refused(f"Only {' or '.join(sorted(schemes))} URLs are accepted.")
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
-        raise EgressRefused("A URL with a user name or password is not accepted.")
+        raise _refused("A URL with a user name or password is not accepted.")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        raise EgressRefused("The URL's port is not a number from 1 to 65535.") from None
+        raise _refused("The URL's port is not a number from 1 to 65535.") from None
     host = parts.hostname or ""
     if not host:
-        raise EgressRefused("The URL names no host.")
+        raise _refused("The URL names no host.")
     addresses = resolve(host, port)
     check_port(addresses, port, HTTPS_PORTS if parts.scheme == "https" else HTTP_PORTS)
     path = parts.path or "/"

@@ -19,6 +19,7 @@ from django.http import HttpRequest, JsonResponse
 from django.utils.translation import gettext, gettext_noop, ngettext
 from django_ratelimit.core import get_usage
 
+from portal.audit import security_event
 from portal.errors import PortalError, ServiceUnavailable
 from portal.proxies import client_ip
 
@@ -128,9 +129,7 @@ LOGIN_FAILURES_PER_IP = FailureLimit(
 )
 # Bookkeeping, never judged: the address's failures per name, in the same slices, so that a
 # success knows which of the address's failures to forgive.
-_LOGIN_FAILURES_PER_IP_AND_NAME = FailureLimit(
-    group="accounts.login.ip-name", rate_setting="LOGIN_FAILURES_PER_IP_RATE"
-)
+# (credential_attempt derives it from the per-address limit: group "<its group>-name".)
 # The same, per account name (whether or not the account exists, so that the answer does not
 # tell): at most LOGIN_FAILURES_PER_ACCOUNT_RATE failures (100 an hour) in any hour from all
 # addresses together, which bounds a distributed guess at one password. Success forgives
@@ -138,6 +137,16 @@ _LOGIN_FAILURES_PER_IP_AND_NAME = FailureLimit(
 # keeps its web login closed to everyone, its owner too (docs/self-service.md).
 LOGIN_FAILURES_PER_ACCOUNT = FailureLimit(
     group="accounts.login.account", rate_setting="LOGIN_FAILURES_PER_ACCOUNT_RATE"
+)
+
+# Django admin's login (portal/adminsite.py): failures per client address and per typed
+# user name, counted apart from the self-service logins above, so that a success there (any
+# mail account holder can log in) forgives nothing here. ADMIN_LOGIN_FAILURES_* in settings.
+ADMIN_LOGIN_FAILURES_PER_IP = FailureLimit(
+    group="admin.login.ip", rate_setting="ADMIN_LOGIN_FAILURES_PER_IP_RATE"
+)
+ADMIN_LOGIN_FAILURES_PER_ACCOUNT = FailureLimit(
+    group="admin.login.account", rate_setting="ADMIN_LOGIN_FAILURES_PER_ACCOUNT_RATE"
 )
 
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -181,6 +190,7 @@ class _Counter:
     """
 
     def __init__(self, limit: FailureLimit, value: str, now: float) -> None:
+        self.group = limit.group
         self.limit, self.period = limit.rate
         self.slice = max(1, -(-self.period // _SLICES))  # seconds, rounded up
         self.span = -(-self.period // self.slice)  # slices per period, rounded up
@@ -243,7 +253,15 @@ class _Counter:
 
 @contextlib.contextmanager
 def credential_attempt(
-    request: HttpRequest, *, name: str, failure: type[Exception], forgive_address: bool = True
+    request: HttpRequest,
+    *,
+    name: str,
+    failure: type[Exception],
+    forgive_address: bool = True,
+    limits: tuple[FailureLimit, FailureLimit] = (
+        LOGIN_FAILURES_PER_IP,
+        LOGIN_FAILURES_PER_ACCOUNT,
+    ),
 ) -> Iterator[None]:
     """Guard one check of a password against the LOGIN_FAILURES_* limits.
 
@@ -255,25 +273,34 @@ def credential_attempt(
     if it succeeds, the attempt is taken back from `name`'s count and, for a login
     (`forgive_address`), the client address's failures on `name` are forgiven; any other
     error takes the attempt back everywhere. Fails closed: RateLimiterUnavailable when the
-    cache cannot count.
+    cache cannot count. `limits`: (per address, per name); the self-service ones by default.
     """
     if not getattr(settings, "RATELIMIT_ENABLE", True):
         yield
         return
     now = time.time()
+    per_address, per_name = limits
     address, name = address_key(request), name.strip().lower()
-    by_address = _Counter(LOGIN_FAILURES_PER_IP, address, now)
-    by_name = _Counter(LOGIN_FAILURES_PER_ACCOUNT, name, now)
-    by_both = _Counter(_LOGIN_FAILURES_PER_IP_AND_NAME, f"{address} {name}", now)
+    by_address = _Counter(per_address, address, now)
+    by_name = _Counter(per_name, name, now)
+    # Bookkeeping of the address's failures per name, in the per-address limit's slices.
+    per_both = FailureLimit(
+        group=f"{per_address.group}-name", rate_setting=per_address.rate_setting
+    )
+    by_both = _Counter(per_both, f"{address} {name}", now)
     counters = (by_address, by_name, by_both)
     try:
         over = [c for c in (by_address, by_name) if c.count() > c.limit]
         by_both.add()
     except Exception as exc:  # the backend's own errors (redis.RedisError, OSError, ...)
         logger.warning("login failure counters: cache unavailable: %s", type(exc).__name__)
+        security_event("rate_limit", outcome="unavailable", limit=per_address.group)
         raise RateLimiterUnavailable() from None
     if over:
         _take_back(counters)
+        security_event(
+            "rate_limit", outcome="limited", actor=name, limit=over[0].group, window=over[0].period
+        )
         wait = max(counter.retry_after for counter in over)
         message = ngettext(
             "Too many failed attempts; try again in %(seconds)d second.",
@@ -351,6 +378,7 @@ def enforce(request: HttpRequest, policy: Policy, *, rate: str | None = None) ->
         )
     except Exception as exc:  # the backend's own errors (redis.RedisError, OSError, ...)
         logger.warning("rate limit %s: cache unavailable: %s", policy.group, type(exc).__name__)
+        security_event("rate_limit", outcome="unavailable", limit=policy.group)
         raise RateLimiterUnavailable() from None
     if usage is None:  # RATELIMIT_ENABLE is off
         return
@@ -359,7 +387,9 @@ def enforce(request: HttpRequest, policy: Policy, *, rate: str | None = None) ->
     if usage["time_left"] < 0:
         # django-ratelimit's own fail-closed answer: the cache gave no count.
         logger.warning("rate limit %s: cache gave no count", policy.group)
+        security_event("rate_limit", outcome="unavailable", limit=policy.group)
         raise RateLimiterUnavailable()
+    security_event("rate_limit", outcome="limited", limit=policy.group)
     raise RateLimited(retry_after=max(1, int(usage["time_left"])))
 
 

@@ -161,6 +161,9 @@ PORTAL_HTTPS = PORTAL_BASE_URL.startswith("https://")
 PORTAL_ALLOWED_HOSTS = env_list("PORTAL_ALLOWED_HOSTS", "127.0.0.1,localhost")
 PORTAL_TRUSTED_PROXIES = env_networks("PORTAL_TRUSTED_PROXIES")
 PORTAL_EGRESS_ALLOW = env_networks("PORTAL_EGRESS_ALLOW")
+# Client networks that may reach /admin/ (its login page included); unset: any. Production
+# names the administrators' networks (RELIABILITY.md check 28; docs/deploy.md).
+PORTAL_ADMIN_NETWORKS = env_networks("PORTAL_ADMIN_NETWORKS")
 
 # Which Host headers are accepted depends on the database (autoconfig.<domain> of every
 # provider domain), so Django's static check is opened here and the real check is made by
@@ -206,7 +209,8 @@ AUTH_PASSWORD_VALIDATORS = [
 # ---------------------------------------------------------------------------------------------
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # django.contrib.admin with the portal's site: login limited, actions audited.
+    "portal.apps.PortalAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -224,6 +228,10 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "providers.middleware.HostCheckMiddleware",
     "portal.proxies.TrustedProxyMiddleware",
+    # Security events know the client address (portal/audit.py); /admin/ only from
+    # PORTAL_ADMIN_NETWORKS (portal/adminsite.py).
+    "portal.audit.RequestContextMiddleware",
+    "portal.adminsite.AdminNetworkMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "portal.headers.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -454,6 +462,10 @@ REGISTRATION_MAX_BODY_BYTES = 16_384
 LOGIN_FAILURES_PER_IP_RATE = "10/m"
 LOGIN_FAILURES_PER_ACCOUNT_RATE = "100/h"
 LOGIN_PREP_RATE = "60/m"
+# Django admin's login (portal/adminsite.py): failed logins per client address and per
+# typed user name; past either the login answers 429 without checking the password.
+ADMIN_LOGIN_FAILURES_PER_IP_RATE = "10/m"
+ADMIN_LOGIN_FAILURES_PER_ACCOUNT_RATE = "50/h"
 # DCACCOUNT redemptions (POST /dcaccount/<token>, /new_email) per client address.
 DCACCOUNT_RATE = "60/h"
 # Hosted registration pages (/register/<slug>/): attempts (each POST that checks a token,
@@ -705,6 +717,8 @@ LOGGING = {
     },
     "root": {"handlers": ["stderr"], "level": "INFO"},
     "loggers": {
+        # Security events (portal/audit.py): one JSON object per line, at INFO.
+        "portal.security": {"level": "INFO"},
         # Django's two loggers as DEFAULT_LOGGING has them, on the handlers above: a logger
         # configured here drops the handlers Django gave it.
         "django": {"handlers": ["console", "mail_admins"], "level": "INFO"},

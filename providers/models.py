@@ -731,7 +731,9 @@ class SuggestionSettings(models.Model):
         try:
             rate = cache.get(SUGGESTION_RATE_CACHE_KEY)
         except Exception:  # the cache's own errors; the rate limiter then fails closed
-            rate = None
+            # Not written back either: against a stalled Redis each call costs its read
+            # timeout, and the limiter's own call is the one that must be made.
+            return cls.load().rate
         if isinstance(rate, str):
             return rate
         rate = cls.load().rate

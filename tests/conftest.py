@@ -106,6 +106,56 @@ def redis_proxy(redis_client: Any) -> Iterator[ProxiedRedis]:
     proxy.close()
 
 
+class PrivateRedis:
+    """A redis-server of this test alone on a free port: stop() and start() it for real.
+
+    Without `config` it keeps nothing on disk (as CI's shared Redis); with `config` (a
+    redis.conf such as deploy/redis/mailportal.conf) that file's settings apply, with the
+    port, address and data folder overridden. The shared Redis is never touched.
+    """
+
+    def __init__(self, directory: Any, config: Any = None) -> None:
+        self.directory = directory
+        self.config = config
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: Any = None
+
+    def start(self) -> None:
+        import shutil
+        import subprocess
+
+        server = shutil.which("redis-server")
+        if server is None:
+            need_service("redis-server", "not installed (apt-get install redis-server)")
+        argv = [server, *([str(self.config)] if self.config else [])]
+        argv += ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
+        argv += ["--daemonize", "no", "--logfile", str(self.directory / "redis.log")]
+        if not self.config:
+            argv += ["--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        wait_listening(self.process, self.port, f"redis-server; see {self.directory}/redis.log")
+
+    def stop(self) -> None:
+        """SIGTERM (Redis writes its append-only file and exits), and wait for it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Any) -> Iterator[PrivateRedis]:
+    """A started PrivateRedis without persistence; stopped after the test."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = PrivateRedis(directory)
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def database_down(transactional_db: None) -> Iterator[Callable[[], None]]:
     """Call it to make the next connection fail (a closed port, or an unopenable file).

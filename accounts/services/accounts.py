@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from types import SimpleNamespace
-from typing import ClassVar
+from typing import ClassVar, ParamSpec
 
 from django.contrib.auth.password_validation import (
     CommonPasswordValidator,
@@ -40,7 +41,8 @@ from accounts.services.names import (
     normalise_local_part,
     normalise_third_pid,
 )
-from portal.errors import Conflict, Forbidden, InvalidInput, ServiceUnavailable
+from portal.audit import current_admin, security_event
+from portal.errors import Conflict, Forbidden, InvalidInput, PortalError, ServiceUnavailable
 from providers.domains import DomainError, to_ascii
 from providers.models import OnboardingToken, ProviderDomain, Registration
 
@@ -221,7 +223,40 @@ def initial_status(domain: ProviderDomain, created_via: CreatedVia | str) -> Acc
     return AccountStatus.ACTIVE
 
 
-@sensitive_variables()  # the password (docs/self-service.md, "Error reports")
+_P = ParamSpec("_P")
+
+
+def _registration_event(create: Callable[_P, MailAccount]) -> Callable[_P, MailAccount]:
+    """One `registration` security event per call (portal/audit.py): created, or refused
+    with its code. The actor is the address asked for; `admin` the administrator, if any."""
+
+    @functools.wraps(create)
+    def audited(*args: _P.args, **kwargs: _P.kwargs) -> MailAccount:
+        domain = kwargs.get("domain")
+        address = f"{kwargs.get('local_part', '')}@{getattr(domain, 'name', domain)}"
+        context = {"via": str(kwargs.get("created_via", "")), "admin": current_admin()}
+        try:
+            account = create(*args, **kwargs)
+        except PortalError as exc:
+            security_event(
+                "registration", outcome="refused", actor=address, reason=exc.code, **context
+            )
+            raise
+        security_event(
+            "registration",
+            outcome="created",
+            actor=account.address,
+            status=account.status,
+            onboarding=account.onboarding_token_id,
+            **context,
+        )
+        return account
+
+    return audited
+
+
+@sensitive_variables()  # the password, here and in every frame below (docs/self-service.md)
+@_registration_event
 def create_account(
     *,
     domain: str | ProviderDomain,
@@ -286,9 +321,6 @@ def create_account(
         _provision(account, password)
     except _DB_DOWN as exc:
         raise _database_unavailable("account creation", exc) from None
-    logger.info(
-        "account created: %s via %s (status %s)", account.address, created_via, account.status
-    )
     return account
 
 

@@ -19,6 +19,7 @@ from http import HTTPStatus
 
 from django.conf import settings
 from django.core.cache import caches
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
@@ -29,6 +30,7 @@ from django.views.decorators.debug import sensitive_variables
 from accounts import passwords
 from accounts.models import AccountSession, AccountStatus, MailAccount, MailboxState
 from accounts.services.names import normalise_local_part
+from portal.audit import security_event
 from portal.errors import NotFound, PortalError, ServiceUnavailable
 from providers.domains import DomainError, to_ascii
 
@@ -256,11 +258,14 @@ def log_in(
     (portal.ratelimit.credential_attempt around this call).
     """
     address = login_address(username)
-    account = (
-        MailAccount.objects.with_address(address).select_related("domain__provider").first()
-        if address is not None
-        else None
-    )
+    try:
+        account = (
+            MailAccount.objects.with_address(address).select_related("domain__provider").first()
+            if address is not None
+            else None
+        )
+    except ValidationError:  # no domain can be named so (a line break in it): unknown
+        account = None
     if address is None or account is None:
         address = address or normalise_login_name(username)
         passwords.verify_password(password, passwords.dummy_hash())
@@ -273,14 +278,14 @@ def log_in(
         )
         raise _refused(address, client, account.status, str(reason))
     new = open_session(account=account, client=client, replaces=replaces)
-    logger.info("self-service login: %s from %s", account.address, client.ip or "-")
+    security_event("login", outcome="success", actor=account.address, ip=client.ip)
     return new
 
 
 def _refused(address: str, client: ClientInfo, why: str, message: str | None = None) -> BadLogin:
-    """BadLogin, logged on one line for the operator (fail2ban and the like): never the
-    password; the typed name repr()-quoted, so a line break in it cannot forge a line."""
-    logger.info("self-service login refused: %r from %s (%s)", address, client.ip or "-", why)
+    """BadLogin, logged as one security event for the operator (fail2ban and the like):
+    never the password; the typed name JSON-escaped, so a line break cannot forge a line."""
+    security_event("login", outcome="failure", actor=address, ip=client.ip, reason=why)
     return BadLogin(message)
 
 

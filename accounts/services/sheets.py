@@ -26,6 +26,8 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.contenttypes.models import ContentType
 from django.db import InterfaceError, OperationalError, models, transaction
 from django.utils import timezone
 from django.utils.encoding import force_bytes
@@ -33,6 +35,7 @@ from django.utils.encoding import force_bytes
 from accounts import tasks
 from accounts.models import MailAccount, SheetJob
 from accounts.services.accounts import reset_password
+from portal.audit import security_event
 from portal.errors import InvalidInput, NotFound, PortalError
 from providers import qr, sheets
 from providers.models import Provider
@@ -140,8 +143,35 @@ def login_codes(
                 account=account, code=sheets.printable(text), card=card_for(account, text, logos)
             )
         )
-        logger.info("DCLOGIN code shown for %s to %s", account.address, shown_to or "-")
+        audit_login_code(account, shown_to, via="admin page")
     return codes
+
+
+def audit_login_code(account: MailAccount, user: Any, *, via: str) -> None:
+    """Record that a DCLOGIN code was made for `account` by `user` (RELIABILITY.md check 28).
+
+    One `dclogin.generated` security event, and an entry in the account's admin history
+    ("History" on its admin page) naming the administrator and the time. Never the code or
+    the password. Every code is made with a password set just before (reset_password or a
+    new account), so the password it carries is the account's newest: making a code is
+    itself the rotation; the previous password stopped working.
+    """
+    username = user.get_username() if user is not None else ""
+    security_event(
+        "dclogin.generated", outcome="generated", actor=username, account=account.address, via=via
+    )
+    if user is None:
+        return
+    entry = LogEntry(
+        user=user,
+        content_type=ContentType.objects.get_for_model(MailAccount),
+        object_id=str(account.pk),
+        object_repr=str(account)[:200],
+        action_flag=CHANGE,
+        change_message=f"DCLOGIN code generated ({via}); the password was set anew for it.",
+    )
+    entry.security_logged = True  # type: ignore[attr-defined]  # portal.audit: one event
+    entry.save()
 
 
 def start_sheet(*, account_ids: Sequence[int], created_by: Any) -> SheetJob:
@@ -266,6 +296,7 @@ def _build(job_id: int, attempt: uuid.UUID) -> None:
                 qr.first_servers(servers)
                 password = reset_password(account=account)
             cards.append(card_for(account, login_text(account, password), logos))
+            audit_login_code(account, job.created_by, via=f"sheet {job_id}")
         except (PortalError, qr.QRFormatError) as exc:
             problems.append(f"{account.address}: {getattr(exc, 'message', exc)}")
             _heartbeat(job_id, attempt, done=len(cards), failed=len(problems))

@@ -29,6 +29,7 @@ from django.db import InterfaceError, OperationalError, models
 from django.utils import timezone
 
 from accounts.services import accounts as account_services
+from portal.audit import security_event
 from portal.errors import Forbidden, InvalidInput, PortalError
 from providers import qr, sheets
 from providers.models import (
@@ -211,9 +212,23 @@ def redeem_token(*, secret: str) -> Redemption:
     Side effects: one use claimed (its own commit), one account created through
     create_account and linked to the token.
     """
-    token = usable_token(secret=secret)
-    with claimed_use(token) as now:
-        return _create_account(token, now)
+    token: OnboardingToken | None = None
+    try:
+        token = usable_token(secret=secret)
+        with claimed_use(token) as now:
+            redemption = _create_account(token, now)
+    except PortalError as exc:
+        security_event(
+            "token.redeem",
+            outcome="refused",
+            onboarding=token.pk if token else None,
+            reason=exc.code,
+        )
+        raise
+    security_event(
+        "token.redeem", outcome="redeemed", actor=redemption.address, onboarding=token.pk
+    )
+    return redemption
 
 
 def usable_token(*, secret: str, provider: Provider | None = None) -> OnboardingToken:
@@ -340,7 +355,6 @@ def _create_account(token: OnboardingToken, now: datetime) -> Redemption:
             if attempt + 1 == ADDRESS_ATTEMPTS:
                 raise
             continue
-        logger.info("onboarding token %s redeemed: %s", token.pk, account.address)
         return Redemption(
             address=account.address,
             password=password,
