@@ -32,7 +32,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -242,19 +242,27 @@ def check_url(url: str, *, allow_http: bool) -> Target:
 
 
 def connect(
-    host: str, port: int, *, allowed_ports: frozenset[int], timeout: float
+    host: str,
+    port: int,
+    *,
+    allowed_ports: frozenset[int],
+    timeout: float,
+    sources: Sequence[str] = (),
 ) -> socket.socket:
     """A TCP connection to a checked address of `host` (resolved now, every answer checked).
 
     Tries the addresses in order, all of them within `timeout`; EgressRefused /
-    UnresolvableHost before any connection, EgressError if none answers.
+    UnresolvableHost before any connection, EgressError if none answers. `sources`: local
+    addresses to leave from; each attempt binds the first of its address family.
     """
     addresses = resolve(host, port)
     check_port(addresses, port, allowed_ports)
-    return _connect_any(addresses, port, time.monotonic() + timeout)
+    return _connect_any(addresses, port, time.monotonic() + timeout, sources)
 
 
-def _connect_any(addresses: Iterable[Address], port: int, deadline: float) -> socket.socket:
+def _connect_any(
+    addresses: Iterable[Address], port: int, deadline: float, sources: Sequence[str] = ()
+) -> socket.socket:
     """A connection to the first address that answers before `deadline` (time.monotonic).
 
     The time left is shared out: each address gets its part of it (the rest once the
@@ -271,6 +279,11 @@ def _connect_any(addresses: Iterable[Address], port: int, deadline: float) -> so
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.settimeout(left / (len(candidates) - index))
         try:
+            source = next(
+                (s for s in sources if ipaddress.ip_address(s).version == address.version), None
+            )
+            if source is not None:
+                sock.bind((source, 0))
             sock.connect((str(address), port))
         except OSError as exc:
             sock.close()

@@ -642,9 +642,63 @@ PUSHPROXY_COALESCE_SECONDS = 0.05
 # sealed hand-off lives 30 s, a login step at most PUSHPROXY_LOGIN_TIMEOUT): it is failed
 # with push_unavailable and its app told (services/subscriptions.expire_pending).
 PUSHPROXY_PENDING_SECONDS = 60
-# A monitor whose heartbeat is older than this is not handed new sessions.
-PUSHPROXY_HEARTBEAT_SECONDS = 10
-PUSHPROXY_MONITOR_STALE_SECONDS = 35
+# The monitor fleet (docs/push.md "Fleet", docs/scaling.md): 16,384 shards leased in Redis
+# for PUSHPROXY_LEASE_SECONDS and renewed (with the database heartbeat) every
+# PUSHPROXY_HEARTBEAT_SECONDS; a monitor whose leases lapsed is reaped every
+# PUSHPROXY_REAP_SECONDS (its shards go to the others, its subscriptions get a reconnect
+# push); rebalancing moves at most PUSHPROXY_REBALANCE_STEP shards per monitor per renewal.
+PUSHPROXY_HEARTBEAT_SECONDS = env_int("PUSHPROXY_HEARTBEAT_SECONDS", 10)
+PUSHPROXY_LEASE_SECONDS = env_int("PUSHPROXY_LEASE_SECONDS", 30)
+PUSHPROXY_REAP_SECONDS = env_int("PUSHPROXY_REAP_SECONDS", 12)
+PUSHPROXY_REBALANCE_STEP = env_int("PUSHPROXY_REBALANCE_STEP", 256)
+# A monitor whose database heartbeat is older than this counts as dead (the reaper's check
+# when Redis lost its leases, e.g. after a Redis restart).
+PUSHPROXY_MONITOR_STALE_SECONDS = max(35, 3 * PUSHPROXY_HEARTBEAT_SECONDS + 5)
+# Where the fleet keeps its keys in Redis (tests give each fleet its own).
+PUSHPROXY_FLEET_PREFIX = env_str("PUSHPROXY_FLEET_PREFIX", "pushproxy:")
+# Local addresses IMAP sessions leave from, taken in turn (empty: the system's choice). One
+# address holds about 28,000 connections to one server address and port (docs/scaling.md).
+PUSHPROXY_SOURCE_ADDRESSES = env_list("PUSHPROXY_SOURCE_ADDRESSES")
+# SIGTERM: a monitor logs its sessions out and exits within this many seconds.
+PUSHPROXY_SHUTDOWN_SECONDS = env_int("PUSHPROXY_SHUTDOWN_SECONDS", 20)
+if not 1 <= PUSHPROXY_HEARTBEAT_SECONDS < PUSHPROXY_LEASE_SECONDS:
+    raise ImproperlyConfigured(
+        "PUSHPROXY_HEARTBEAT_SECONDS must be at least 1 and below PUSHPROXY_LEASE_SECONDS"
+    )
+if PUSHPROXY_REAP_SECONDS < 1 or PUSHPROXY_REBALANCE_STEP < 1 or PUSHPROXY_SHUTDOWN_SECONDS < 1:
+    raise ImproperlyConfigured(
+        "PUSHPROXY_REAP_SECONDS, PUSHPROXY_REBALANCE_STEP, PUSHPROXY_SHUTDOWN_SECONDS must be >= 1"
+    )
+for _source in PUSHPROXY_SOURCE_ADDRESSES:
+    try:
+        ipaddress.ip_address(_source)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"PUSHPROXY_SOURCE_ADDRESSES: {_source!r} is not an IP address"
+        ) from None
+# Per IMAP host (pushproxy.hostlimits): fleet-wide login token bucket (rate, burst; a login
+# that would wait longer than PUSHPROXY_HOST_LOGIN_WAIT seconds fails `imap_host_busy`),
+# reconnect pushes after a lost monitor paced per host, and the non-IDLE (NOOP-polled)
+# sessions one process keeps per host (`poll_cap_reached` past it).
+PUSHPROXY_HOST_LOGINS_PER_SECOND = env_int("PUSHPROXY_HOST_LOGINS_PER_SECOND", 20)
+PUSHPROXY_HOST_LOGIN_BURST = env_int("PUSHPROXY_HOST_LOGIN_BURST", 40)
+PUSHPROXY_HOST_LOGIN_WAIT = env_int("PUSHPROXY_HOST_LOGIN_WAIT", 5)
+PUSHPROXY_RECONNECTS_PER_HOST_PER_SECOND = env_int("PUSHPROXY_RECONNECTS_PER_HOST_PER_SECOND", 50)
+PUSHPROXY_MAX_POLL_PER_HOST = env_int("PUSHPROXY_MAX_POLL_PER_HOST", 500)
+if (
+    min(
+        PUSHPROXY_HOST_LOGINS_PER_SECOND,
+        PUSHPROXY_HOST_LOGIN_BURST,
+        PUSHPROXY_RECONNECTS_PER_HOST_PER_SECOND,
+        PUSHPROXY_MAX_POLL_PER_HOST,
+    )
+    < 1
+    or PUSHPROXY_HOST_LOGIN_WAIT < 0
+):
+    raise ImproperlyConfigured(
+        "PUSHPROXY_HOST_LOGINS_PER_SECOND, _HOST_LOGIN_BURST, _RECONNECTS_PER_HOST_PER_SECOND"
+        " and _MAX_POLL_PER_HOST must be >= 1, PUSHPROXY_HOST_LOGIN_WAIT >= 0"
+    )
 # Sessions one process serves at most: greenlets in `run_push_monitor`, threads in the
 # embedded manager (no Redis), where each session is an OS thread.
 PUSHPROXY_MAX_SESSIONS = env_int("PUSHPROXY_MAX_SESSIONS", 10_000 if HAS_REDIS else 200)
@@ -668,6 +722,11 @@ CELERY_TASK_ROUTES["pushproxy.deliver_push"] = {"queue": "push"}
 CELERY_BEAT_SCHEDULE["expire-push-logins"] = {
     "task": "pushproxy.expire_pending",
     "schedule": 30.0,
+}
+# The lease reaper: monitors whose shard leases lapsed (kill -9, a lost machine).
+CELERY_BEAT_SCHEDULE["reap-push-monitors"] = {
+    "task": "pushproxy.reap_monitors",
+    "schedule": float(PUSHPROXY_REAP_SECONDS),
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -175,6 +175,8 @@ class MonitorState(models.TextChoices):
     RUNNING = "running", _("running")
     STOPPING = "stopping", _("stopping")
     STOPPED = "stopped", _("stopped")
+    # Its leases lapsed (killed, machine lost): the reaper handed its shards on.
+    LOST = "lost", _("lost (reaped)")
 
 
 class MonitorWorkerQuerySet(models.QuerySet["MonitorWorker"]):
@@ -198,6 +200,8 @@ class MonitorWorker(models.Model):
     started_at = models.DateTimeField(default=timezone.now)
     heartbeat_at = models.DateTimeField(default=timezone.now)
     sessions = models.PositiveIntegerField(default=0)
+    # Shard leases held at the last renewal (of 16,384; pushproxy.fleet).
+    shards = models.PositiveIntegerField(default=0)
 
     objects = MonitorWorkerQuerySet.as_manager()
 
@@ -205,4 +209,4 @@ class MonitorWorker(models.Model):
         ordering = ["worker_id"]
 
     def __str__(self) -> str:
-        return f"{self.worker_id} ({self.state}, {self.sessions} sessions)"
+        return f"{self.worker_id} ({self.state}, {self.sessions} sessions, {self.shards} shards)"

@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -74,6 +75,7 @@ class Watched:
     account_key: str
     client_id: str
     session: imap.Session
+    host: str = ""  # the IMAP host (lower case): the poll-mode cap counts per host
     # Set when the manager ends the session: then no reconnect push, unless `notify`.
     stopping: str = ""
     notify: bool = False
@@ -89,7 +91,9 @@ class Watched:
 
 
 class Refusal(Exception):
-    """The manager will not take this session: superseded, too_many_subscriptions, full."""
+    """The manager will not take this session: superseded, too_many_subscriptions, full,
+    draining, moved (the shard is not this process's), poll_cap_reached (this process has
+    `max_poll_per_host` NOOP-polled sessions on the host already)."""
 
     def __init__(self, code: str) -> None:
         self.code = code
@@ -141,6 +145,7 @@ class Manager:
         max_per_account: int,
         spawn: Callable[[Callable[[], None], str], Any] | None = None,
         close_db: bool = False,
+        max_poll_per_host: int = 0,
     ) -> None:
         self.sink = sink
         self.timing = timing
@@ -154,7 +159,13 @@ class Manager:
         self._slots: dict[tuple[str, str], Watched] = {}
         self._by_subscription: dict[str, Watched] = {}
         self._per_account: dict[str, set[str]] = {}
+        # Poll-mode sessions per IMAP host; capped at max_poll_per_host (0: no cap).
+        self.max_poll_per_host = max_poll_per_host
+        self._poll_hosts: Counter[str] = Counter()
         self.accepting = True
+        # In the fleet: whether this process holds the account key's shard (memory only,
+        # asked under the lock); None in the embedded mode, where it holds everything.
+        self.owns: Callable[[str], bool] | None = None
 
     # --- what tasks call ------------------------------------------------------------------
 
@@ -171,6 +182,15 @@ class Manager:
         with self._lock:
             self._refusal(watched.account_key, watched.client_id, watched.generation)
             old = self._slots.get(watched.slot)
+            if not watched.session.idle and self.max_poll_per_host:
+                polled = self._poll_hosts[watched.host]
+                if old is not None and old.mode == "poll" and old.host == watched.host:
+                    polled -= 1  # replacing one of them
+                if polled >= self.max_poll_per_host:
+                    raise Refusal("poll_cap_reached")
+            if old is not None:
+                self._count_poll(old, -1)
+            self._count_poll(watched, +1)
             self._slots[watched.slot] = watched
             self._by_subscription[watched.subscription] = watched
             self._per_account.setdefault(watched.account_key, set()).add(watched.client_id)
@@ -192,6 +212,17 @@ class Manager:
         if wait:
             _join(watched.runner, wait)
         return True
+
+    def end_where(self, predicate: Callable[[Watched], bool], *, reason: str, notify: bool) -> int:
+        """Log out the sessions `predicate` picks (a shard given up or lost: reconnect
+        pushed if `notify`); the count. Does not wait for them."""
+        with self._lock:
+            chosen = [watched for watched in self._slots.values() if predicate(watched)]
+            for watched in chosen:
+                self._forget(watched)
+        for watched in chosen:
+            self._end(watched, reason=reason, notify=notify)
+        return len(chosen)
 
     def drain(self, *, reason: str, notify: bool, wait: float, reopen: bool = False) -> int:
         """Stop accepting, log every session out (pushing `reason` if `notify`); the count.
@@ -225,6 +256,8 @@ class Manager:
     def _refusal(self, account_key: str, client_id: str, generation: int) -> None:
         if not self.accepting:
             raise Refusal("draining")
+        if self.owns is not None and not self.owns(account_key):
+            raise Refusal("moved")  # the account's shard is (now) another monitor's
         current = self._slots.get((account_key, client_id))
         if current is not None:
             if current.generation >= generation:
@@ -239,6 +272,7 @@ class Manager:
         """Drop `watched` from the registry if it is still the slot's session (lock held)."""
         if self._slots.get(watched.slot) is watched:
             del self._slots[watched.slot]
+            self._count_poll(watched, -1)
             clients = self._per_account.get(watched.account_key)
             if clients is not None:
                 clients.discard(watched.client_id)
@@ -246,6 +280,16 @@ class Manager:
                     del self._per_account[watched.account_key]
         if self._by_subscription.get(watched.subscription) is watched:
             del self._by_subscription[watched.subscription]
+
+    def _count_poll(self, watched: Watched, step: int) -> None:
+        if watched.mode == "poll":
+            self._poll_hosts[watched.host] += step
+            if self._poll_hosts[watched.host] <= 0:
+                del self._poll_hosts[watched.host]
+
+    def polled_on(self, host: str) -> int:
+        """Poll-mode sessions this process keeps on `host`."""
+        return self._poll_hosts.get(host, 0)
 
     def _end(self, watched: Watched, *, reason: str, notify: bool) -> None:
         watched.stopping = reason
@@ -397,6 +441,7 @@ def get_manager() -> Manager:
                 max_sessions=settings.PUSHPROXY_MAX_SESSIONS,
                 max_per_account=settings.PUSHPROXY_MAX_PER_ACCOUNT,
                 close_db=not settings.HAS_REDIS,
+                max_poll_per_host=settings.PUSHPROXY_MAX_POLL_PER_HOST,
             )
         return _manager
 

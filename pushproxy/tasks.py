@@ -48,6 +48,14 @@ def expire_pending() -> int:
     return subscriptions.expire_pending()
 
 
+@shared_task(name="pushproxy.reap_monitors", ignore_result=True, expires=30)
+def reap_monitors() -> dict[str, int]:
+    """Every PUSHPROXY_REAP_SECONDS (CELERY_BEAT_SCHEDULE): monitors.reap."""
+    from pushproxy.services import monitors  # services import this module
+
+    return monitors.reap()
+
+
 @shared_task(
     bind=True,
     name="pushproxy.deliver_push",

@@ -82,9 +82,12 @@ def enqueue_push(
     event: str,
     exists: int | None = None,
     reason: str = "",
+    countdown: float = 0.0,
 ) -> None:
-    """Queue one push (queue `push`, CELERY_TASK_ROUTES). No database access here: sessions
-    call it from their greenlets, and a greenlet must not open a connection."""
+    """Queue one push (queue `push`, CELERY_TASK_ROUTES), sent after `countdown` seconds (the
+    reaper's pacing). No database access here: sessions call it from their greenlets, and a
+    greenlet must not open a connection."""
+    options = {"countdown": countdown} if countdown > 0 and settings.HAS_REDIS else {}
     dispatch(
         deliver_push,
         kwargs={
@@ -95,6 +98,7 @@ def enqueue_push(
             "reason": reason,
             "event": event,
         },
+        **options,
     )
 
 

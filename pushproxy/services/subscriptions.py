@@ -66,6 +66,14 @@ LOGIN_ERRORS: dict[str, tuple[HTTPStatus, str]] = {
         "This IMAP account has the most subscriptions allowed.",
     ),
     "superseded": (HTTPStatus.CONFLICT, "A newer subscription for this device replaced it."),
+    "imap_host_busy": (
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        "Too many logins to this IMAP server right now; try again shortly.",
+    ),
+    "poll_cap_reached": (
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        "This IMAP server has no IDLE and the monitor polls the most sessions it allows there.",
+    ),
     "push_unavailable": (
         HTTPStatus.SERVICE_UNAVAILABLE,
         "The push monitor cannot take the session now; try again shortly.",

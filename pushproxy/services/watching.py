@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 
 from portal import netguard
-from pushproxy import imap, monitor, sealing
+from pushproxy import fleet, hostlimits, imap, monitor, sealing
 from pushproxy.services import subscriptions
 
 logger = logging.getLogger(__name__)
@@ -56,8 +57,9 @@ def _watch(
 
     Every failure is recorded on the subscription (its code: imap_auth_failed,
     imap_unreachable, imap_tls_failed, mailbox_not_found, imap_error, egress_refused,
-    superseded, too_many_subscriptions, push_unavailable); nothing is retried: without the
-    password there is nothing to retry with.
+    superseded, too_many_subscriptions, imap_host_busy, poll_cap_reached,
+    push_unavailable); nothing is retried: without the password there is nothing to retry
+    with.
     """
     manager = monitor.get_manager()
 
@@ -72,6 +74,9 @@ def _watch(
     except sealing.SealError as exc:
         logger.warning("watch %s: sealed credentials %s", subscription, exc.reason)
         return failed("push_unavailable")
+    membership = fleet.member()
+    if membership is not None:
+        membership.confirm(account_key)  # a shard just handed to us is known before `check`
     try:
         manager.check(account_key=account_key, client_id=client_id, generation=generation)
     except monitor.Refusal as refusal:
@@ -83,9 +88,21 @@ def _watch(
     if target.account_key != account_key:
         return failed("imap_error")  # the key names a different account: never watch that
     timeout = settings.PUSHPROXY_LOGIN_TIMEOUT
+    try:
+        pause = hostlimits.take_login(host)  # the fleet's login pace for this IMAP host
+    except hostlimits.HostBusy:
+        return failed(hostlimits.HostBusy.code)
+    if pause:
+        time.sleep(pause)  # a greenlet in the monitor: the others go on
 
     def connect() -> socket.socket:
-        return netguard.connect(host, port, allowed_ports=netguard.IMAP_PORTS, timeout=timeout)
+        return netguard.connect(
+            host,
+            port,
+            allowed_ports=netguard.IMAP_PORTS,
+            timeout=timeout,
+            sources=fleet.source_addresses(),
+        )
 
     try:
         session = imap.open_session(
@@ -112,6 +129,7 @@ def _watch(
         account_key=account_key,
         client_id=client_id,
         session=session,
+        host=host.lower(),
     )
     try:
         manager.adopt(watched)
@@ -127,7 +145,7 @@ def _watch(
 
 
 def _refusal_code(refusal: monitor.Refusal) -> str:
-    if refusal.code in {"superseded", "too_many_subscriptions"}:
+    if refusal.code in {"superseded", "too_many_subscriptions", "poll_cap_reached"}:
         return refusal.code
     return "push_unavailable"
 

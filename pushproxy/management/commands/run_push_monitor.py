@@ -2,9 +2,14 @@
 
 One process = a Celery worker with the gevent pool consuming only its own queue
 idle.<worker-id> (the short watch/stop/drain commands) + the session manager, whose
-sessions are greenlets outside any task. It registers itself and beats a heartbeat; on
-SIGTERM or SIGINT Celery stops taking commands (watch tasks finish within a login's time),
-then every session is logged out and its subscription gets a reconnect push.
+sessions are greenlets outside any task. Once Celery consumes, it joins the fleet
+(pushproxy.fleet): every PUSHPROXY_HEARTBEAT_SECONDS it renews its shard leases in one Redis
+call, takes free shards up to its fair share or gives some back (rebalancing), logs out with
+a reconnect push the sessions of shards it no longer holds, and beats its database row.
+On SIGTERM or SIGINT Celery stops taking commands (watch tasks finish within a login's time),
+the process leaves the fleet (its shards are free at once), every session is logged out and
+its subscription gets a reconnect push; an alarm bounds all that by
+PUSHPROXY_SHUTDOWN_SECONDS. After `kill -9` the reaper does the same from outside.
 
 manage.py gevent-patches the process before Django loads when this command is named.
 """
@@ -12,15 +17,18 @@ manage.py gevent-patches the process before Django loads when this command is na
 from __future__ import annotations
 
 import os
+import random
 import resource
+import signal
 import socket
+from collections import Counter
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections
 
-from pushproxy import monitor
+from pushproxy import fleet, monitor
 from pushproxy.models import MonitorState
 from pushproxy.services import monitors
 
@@ -57,6 +65,7 @@ class Command(BaseCommand):
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
         import gevent
+        from celery.signals import worker_ready
 
         from portal.celery import app
 
@@ -64,7 +73,16 @@ class Command(BaseCommand):
         queue = monitors.queue_name(worker_id)
         monitors.register(worker_id)
         manager = monitor.get_manager()
-        beat = gevent.spawn(self._heartbeat, worker_id, manager)
+        membership = fleet.join(worker_id)
+        manager.owns = membership.holds
+        loops: list[Any] = []
+
+        def join_fleet(**_kwargs: Any) -> None:
+            # Only once Celery consumes idle.<id>: a shard taken earlier could be routed
+            # hand-offs that nobody reads yet.
+            loops.append(gevent.spawn(self._fleet_loop, membership, manager))
+
+        worker_ready.connect(join_fleet, weak=False)
         self.stdout.write(f"monitor {worker_id}: consuming {queue}")
         self.stdout.flush()
         worker = app.Worker(
@@ -81,21 +99,73 @@ class Command(BaseCommand):
         try:
             worker.start()
         finally:
-            beat.kill()
-            close_old_connections()
-            monitors.set_state(worker_id, MonitorState.STOPPING, sessions=manager.count())
-            count = manager.drain(reason="shutdown", notify=True, wait=10.0)
-            close_old_connections()
-            monitors.set_state(worker_id, MonitorState.STOPPED, sessions=0)
-            self.stdout.write(f"monitor {worker_id} stopped: {count} sessions logged out")
+            self._shut_down(worker_id, membership, manager, loops)
 
-    def _heartbeat(self, worker_id: str, manager: monitor.Manager) -> None:
+    def _shut_down(
+        self,
+        worker_id: str,
+        membership: fleet.Membership,
+        manager: monitor.Manager,
+        loops: list[Any],
+    ) -> None:
+        """SIGTERM (Celery stopped taking commands): leave the fleet, so the other monitors
+        take the shards at once, log every session out with a reconnect push, exit. An alarm
+        ends the process if that takes longer than PUSHPROXY_SHUTDOWN_SECONDS."""
+        signal.alarm(settings.PUSHPROXY_SHUTDOWN_SECONDS)  # SIGALRM's default: terminate
+        for loop in loops:
+            loop.kill()
+        sessions = manager.count()
+        try:
+            released = membership.leave()
+        except Exception as exc:  # Redis gone: the leases lapse and the reaper hands them on
+            released = 0
+            self.stderr.write(f"leaving the fleet failed: {type(exc).__name__}")
+        close_old_connections()
+        monitors.set_state(worker_id, MonitorState.STOPPING, sessions=sessions)
+        wait = max(1.0, settings.PUSHPROXY_SHUTDOWN_SECONDS - 5.0)
+        count = manager.drain(reason="shutdown", notify=True, wait=wait)
+        close_old_connections()
+        monitors.set_state(worker_id, MonitorState.STOPPED, sessions=0)
+        fleet.leave_process()
+        self.stdout.write(
+            f"monitor {worker_id} stopped: {count} sessions logged out, {released} shards released"
+        )
+        self.stdout.flush()
+
+    def _fleet_loop(self, membership: fleet.Membership, manager: monitor.Manager) -> None:
+        """Every PUSHPROXY_HEARTBEAT_SECONDS: renew the leases, rebalance, beat in the database."""
         import gevent
 
         while True:
-            gevent.sleep(settings.PUSHPROXY_HEARTBEAT_SECONDS)
             try:
-                close_old_connections()
-                monitors.heartbeat(worker_id, sessions=manager.count())
-            except Exception:  # the database may blip; the next beat tries again
-                self.stderr.write("heartbeat failed")
+                self._fleet_round(membership, manager)
+            except Exception as exc:  # Redis or the database may blip; the next round retries
+                self.stderr.write(f"fleet round failed: {type(exc).__name__}: {exc}")
+            gevent.sleep(settings.PUSHPROXY_HEARTBEAT_SECONDS)
+
+    def _fleet_round(self, membership: fleet.Membership, manager: monitor.Manager) -> None:
+        renewal = membership.renew()
+        if renewal.reaped:
+            # The reaper took our shards and told our subscriptions to reconnect already.
+            ended = manager.end_where(lambda _watched: True, reason="reaped", notify=False)
+            self.stderr.write(f"this monitor was reaped; {ended} sessions logged out")
+        _end_outside(manager, membership, reason="moved")
+        counts = Counter(fleet.shard_of(w.account_key) for w in manager.sessions())
+        take, give = membership.plan(counts)
+        if take:
+            membership.acquire(take, start=random.randrange(fleet.SHARDS))  # noqa: S311
+        if give:
+            membership.release(give)
+            _end_outside(manager, membership, reason="rebalanced")
+        close_old_connections()
+        monitors.heartbeat(
+            membership.worker_id, sessions=manager.count(), shards=len(membership.owned)
+        )
+
+
+def _end_outside(manager: monitor.Manager, membership: fleet.Membership, *, reason: str) -> int:
+    """Log out, with a reconnect push, the sessions whose shard this process no longer holds:
+    their account now routes to another monitor, where the app's next request lands."""
+    return manager.end_where(
+        lambda watched: not membership.holds(watched.account_key), reason=reason, notify=True
+    )
