@@ -71,6 +71,7 @@ def watched(
     client: str = "phone",
     account: str = "acct",
     cert: Certificate | None = None,
+    host: str = "imap.test",
 ) -> monitor.Watched:
     session = imap.open_session(
         imap.Mailbox("imap.test", server.port, "none" if cert is None else "tls", USER),
@@ -79,7 +80,7 @@ def watched(
         timeout=5,
         ssl_context=None if cert is None else cert.client_context(),
     )
-    return monitor.Watched(subscription, generation, account, client, session)
+    return monitor.Watched(subscription, generation, account, client, session, host=host)
 
 
 def test_new_mail_is_reported_with_the_new_count(
@@ -210,6 +211,37 @@ def test_the_per_account_cap_counts_devices_not_replacements(
         manager.check(account_key="acct", client_id="tablet", generation=4)
     assert caught.value.code == "too_many_subscriptions"
     manager.check(account_key="other-account", client_id="tablet", generation=5)
+
+
+def test_poll_mode_sessions_are_capped_per_host(sink: RecordingSink, stub: ImapStub) -> None:
+    polled = ImapStub(idle=False).start()
+    manager = monitor.Manager(
+        sink=sink, timing=TIMING, max_sessions=10, max_per_account=2, max_poll_per_host=2
+    )
+    try:
+        manager.adopt(watched(polled, "ps_1", 1, account="a1"))
+        manager.adopt(watched(polled, "ps_2", 2, account="a2"))
+        assert manager.polled_on("imap.test") == 2
+        third = watched(polled, "ps_3", 3, account="a3")
+        with pytest.raises(monitor.Refusal) as caught:
+            manager.adopt(third)
+        assert caught.value.code == "poll_cap_reached"
+        third.session.close()
+        # Replacing one of the two is not a third; IDLE sessions and other hosts do not count.
+        manager.adopt(watched(polled, "ps_2b", 4, account="a2"))
+        manager.adopt(watched(stub, "ps_idle", 5, account="a4"))
+        manager.adopt(watched(polled, "ps_other", 6, account="a5", host="imap.other.test"))
+        assert manager.polled_on("imap.test") == 2 and manager.polled_on("imap.other.test") == 1
+        assert manager.count() == 4
+        # A polled session that ends frees its place.
+        assert manager.stop("ps_1", wait=5)
+        assert manager.polled_on("imap.test") == 1
+        manager.adopt(watched(polled, "ps_3b", 7, account="a3"))
+        assert manager.polled_on("imap.test") == 2
+    finally:
+        manager.drain(reason="test over", notify=False, wait=5)
+        polled.stop()
+    assert manager.polled_on("imap.test") == 0
 
 
 def test_stop_logs_out_without_a_push(
