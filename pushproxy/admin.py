@@ -10,7 +10,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from pushproxy.models import MonitorWorker, PushSubscription, username_hash
-from pushproxy.services import subscriptions
+from pushproxy.services import monitors, subscriptions
 
 
 @admin.register(PushSubscription)
@@ -121,6 +121,8 @@ class MonitorWorkerAdmin(admin.ModelAdmin):
         "worker_id",
         "state",
         "sessions",
+        "shards",
+        "lease",
         "heartbeat_at",
         "hostname",
         "pid",
@@ -137,7 +139,35 @@ class MonitorWorkerAdmin(admin.ModelAdmin):
         "started_at",
         "heartbeat_at",
         "sessions",
+        "shards",
     ]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
+        # One look at Redis per page: the summary above the rows and each row's lease.
+        summary = monitors.fleet_summary()
+        request.fleet_summary = summary  # type: ignore[attr-defined]
+        return super().changelist_view(request, {**(extra_context or {}), "fleet": summary})
+
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        changelist = super().get_changelist_instance(request)
+        summary = getattr(request, "fleet_summary", None)
+        for worker in changelist.result_list:  # the page's rows (cached by the queryset)
+            worker.lease_text = _lease_text(summary, worker.worker_id)
+        return changelist
+
+    @admin.display(description="lease (Redis)")
+    def lease(self, worker: MonitorWorker) -> str:
+        return str(getattr(worker, "lease_text", "-"))
+
+
+def _lease_text(summary: monitors.FleetSummary | None, worker_id: str) -> str:
+    if summary is None or summary.embedded:
+        return "-"
+    if summary.redis_error:
+        return "unknown"
+    if worker_id in summary.leases:
+        return f"live, {summary.leases[worker_id]} shards"
+    return "lapsed"

@@ -178,3 +178,46 @@ def _reap_one(worker: str) -> int:
                 )
     logger.warning("push monitor %s reaped: %d subscriptions told to reconnect", worker, count)
     return count
+
+
+@dataclass(frozen=True)
+class FleetSummary:
+    """What the admin's monitor list shows above the rows: the fleet's capacity now."""
+
+    embedded: bool  # no Redis: the web process holds the sessions
+    redis_error: str  # the fleet's keys could not be read ("" when they could)
+    leases: dict[str, int]  # live monitors (by their leases) -> shards held
+    sessions: int  # sessions held by running monitors (their last heartbeats)
+    active: int  # active subscriptions
+    capacity: int  # sessions the live monitors may hold (PUSHPROXY_MAX_SESSIONS each)
+
+    @property
+    def shards_held(self) -> int:
+        return sum(self.leases.values())
+
+    @property
+    def shards_free(self) -> int:
+        return fleet.SHARDS - self.shards_held
+
+    @property
+    def shards_total(self) -> int:
+        return fleet.SHARDS
+
+
+def fleet_summary() -> FleetSummary:
+    running = MonitorWorker.objects.filter(state=MonitorState.RUNNING)
+    active = PushSubscription.objects.filter(status=Status.ACTIVE).count()
+    if not settings.HAS_REDIS:
+        from pushproxy import monitor  # the embedded manager lives in this process
+
+        sessions = monitor.get_manager().count()
+        return FleetSummary(True, "", {}, sessions, active, settings.PUSHPROXY_MAX_SESSIONS)
+    leases: dict[str, int] = {}
+    error = ""
+    try:
+        leases = fleet.live_monitors()
+    except Exception as exc:  # the admin page still shows the database's view
+        error = type(exc).__name__
+    sessions = sum(running.values_list("sessions", flat=True))
+    capacity = len(leases) * settings.PUSHPROXY_MAX_SESSIONS
+    return FleetSummary(False, error, leases, sessions, active, capacity)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -106,6 +107,56 @@ def test_monitor_list_shows_heartbeat_and_sessions(admin_client: Client) -> None
     )
     page = admin_client.get("/admin/pushproxy/monitorworker/").content.decode()
     assert "mon-1" in page and "1234" in page
+
+
+@pytest.mark.django_db
+def test_monitor_list_shows_the_fleets_capacity_and_each_lease(
+    admin_client: Client, settings: Any, redis_client: Any
+) -> None:
+    from pushproxy import fleet
+
+    settings.PUSHPROXY_FLEET_PREFIX = f"test-{uuid.uuid4().hex}:"
+    settings.PUSHPROXY_MAX_SESSIONS = 10_000
+    for worker_id, sessions in (("mon-live", 1200), ("mon-gone", 0)):
+        MonitorWorker.objects.create(
+            worker_id=worker_id,
+            queue=f"idle.{worker_id}",
+            hostname="box",
+            pid=1,
+            sessions=sessions,
+        )
+    live = fleet.Membership("mon-live")
+    try:
+        live.renew()
+        live.acquire(300, start=0)
+        page = admin_client.get("/admin/pushproxy/monitorworker/").content.decode()
+    finally:
+        live.leave()
+    assert "Push fleet capacity" in page
+    summary = page[page.index('id="fleet-summary"') : page.index('id="result_list"')]
+    assert "<td>1</td>" in summary  # one live monitor
+    assert f"<td>300 / {fleet.SHARDS - 300}</td>" in summary
+    assert "<td>1200 of 10000 they may hold</td>" in summary
+    rows = page[page.index('id="result_list"') :]
+    assert "live, 300 shards" in rows and "lapsed" in rows
+
+
+@pytest.mark.django_db
+def test_monitor_list_says_when_no_monitor_holds_a_lease(
+    admin_client: Client, settings: Any, redis_client: Any
+) -> None:
+    settings.PUSHPROXY_FLEET_PREFIX = f"test-{uuid.uuid4().hex}:"
+    page = admin_client.get("/admin/pushproxy/monitorworker/").content.decode()
+    assert "No monitor holds a live lease" in page
+
+
+@pytest.mark.django_db
+def test_monitor_list_without_redis_describes_the_embedded_manager(
+    admin_client: Client, settings: Any
+) -> None:
+    settings.HAS_REDIS = False
+    page = admin_client.get("/admin/pushproxy/monitorworker/").content.decode()
+    assert "Embedded mode" in page and "No monitor holds" not in page
 
 
 # --- who may end, and what deleting does ------------------------------------------------------
