@@ -22,6 +22,7 @@ pushing reconnect only when asked (SIGTERM).
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -88,6 +89,28 @@ class Watched:
     @property
     def mode(self) -> str:
         return "idle" if self.session.idle else "poll"
+
+
+class HeapFreezer:
+    """`gc.freeze()` once the sessions grew by `step` since the last freeze (a wave of
+    logins): the long-lived session objects leave the collector's generations, so its pauses
+    no longer grow with the number of sessions (specs/push-proxy.md, "Scale": unfrozen, they
+    showed as 300-450 ms p99 spikes). Objects of sessions that end later are still freed by
+    reference counting; only cyclic garbage among frozen objects waits for `gc.unfreeze`."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self._baseline = 0
+
+    def after(self, sessions: int) -> bool:
+        """Called with the current session count (each heartbeat); True if it froze."""
+        self._baseline = min(self._baseline, sessions)
+        if sessions - self._baseline < self.step:
+            return False
+        gc.collect()
+        gc.freeze()
+        self._baseline = sessions
+        return True
 
 
 class Refusal(Exception):

@@ -168,6 +168,17 @@ def test_the_monitor_template_starts_run_push_monitor_with_its_instance_name() -
     assert options.worker_id == "mon-1"
 
 
+def test_systemd_waits_longer_for_a_monitor_than_its_own_shutdown_alarm() -> None:
+    # systemd's SIGKILL would otherwise cut the logouts and reconnect pushes short.
+    text = (UNITS / "mailportal-monitor@.service").read_text()
+    [stop] = re.findall(r"^TimeoutStopSec=(\d+)$", text, re.MULTILINE)
+    shutdown = int(example_environment()["PUSHPROXY_SHUTDOWN_SECONDS"])
+    assert int(stop) >= shutdown + 5
+    # And the unit lets a monitor hold its sessions: one open file each.
+    [nofile] = re.findall(r"^LimitNOFILE=(\d+)$", text, re.MULTILINE)
+    assert int(nofile) > int(example_environment()["PUSHPROXY_MAX_SESSIONS"]) + 1000
+
+
 def test_the_celery_units_serve_every_queue_tasks_are_routed_to() -> None:
     served = set()
     for unit in SERVICES:

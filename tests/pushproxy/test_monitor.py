@@ -329,3 +329,17 @@ def test_a_flooding_server_ends_the_session_with_a_reconnect(
 
     assert sink.wait(1, timeout=10) == [("reconnect", "ps_a", "protocol")]
     assert manager.count() == 0
+
+
+def test_the_heap_is_frozen_after_each_wave_of_logins() -> None:
+    import gc
+
+    freezer = monitor.HeapFreezer(step=3)
+    try:
+        assert not freezer.after(2)
+        assert freezer.after(3) and gc.get_freeze_count() > 0
+        assert not freezer.after(5)  # 2 more since the freeze
+        assert not freezer.after(1)  # sessions ended: counted from there
+        assert freezer.after(4)
+    finally:
+        gc.unfreeze()

@@ -75,6 +75,7 @@ class Command(BaseCommand):
         manager = monitor.get_manager()
         membership = fleet.join(worker_id)
         manager.owns = membership.holds
+        self._freezer = monitor.HeapFreezer(step=1000)
         loops: list[Any] = []
 
         def join_fleet(**_kwargs: Any) -> None:
@@ -161,6 +162,8 @@ class Command(BaseCommand):
         monitors.heartbeat(
             membership.worker_id, sessions=manager.count(), shards=len(membership.owned)
         )
+        if self._freezer.after(manager.count()):
+            self.stdout.write(f"{manager.count()} sessions: heap frozen (gc.freeze)")
 
 
 def _end_outside(manager: monitor.Manager, membership: fleet.Membership, *, reason: str) -> int:
