@@ -123,7 +123,7 @@ class MonitorWorkerAdmin(admin.ModelAdmin):
         "sessions",
         "shards",
         "lease",
-        "heartbeat_at",
+        "last_renewal",
         "hostname",
         "pid",
         "started_at",
@@ -157,6 +157,11 @@ class MonitorWorkerAdmin(admin.ModelAdmin):
         for worker in changelist.result_list:  # the page's rows (cached by the queryset)
             worker.lease_text = _lease_text(summary, worker.worker_id)
         return changelist
+
+    @admin.display(description="last renewal", ordering="heartbeat_at")
+    def last_renewal(self, worker: MonitorWorker) -> Any:
+        # Leases and the database row are renewed in the same round (run_push_monitor).
+        return worker.heartbeat_at
 
     @admin.display(description="lease (Redis)")
     def lease(self, worker: MonitorWorker) -> str:

@@ -139,6 +139,7 @@ def test_monitor_list_shows_the_fleets_capacity_and_each_lease(
     assert "<td>1200 of 10000 they may hold</td>" in summary
     rows = page[page.index('id="result_list"') :]
     assert "live, 300 shards" in rows and "lapsed" in rows
+    assert "last renewal" in page.lower()
 
 
 @pytest.mark.django_db
