@@ -297,7 +297,9 @@ class Membership:
             live_monitors=max(1, int(live)),
         )
         with self._lock:
-            self._owned = set(renewal.owned)
+            # Shards confirmed while the script ran (a claim by the API that the script's
+            # snapshot may predate) stay: the next renewal checks them like the rest.
+            self._owned = set(renewal.owned) | (self._owned - set(known))
         self.live_monitors = renewal.live_monitors
         return renewal
 

@@ -120,10 +120,12 @@ def reap() -> dict[str, int]:
 
     Dead: its leases lapsed in Redis (the shards are dealt to the live monitors there), or
     its database heartbeat is older than PUSHPROXY_MONITOR_STALE_SECONDS while it still
-    counts as running (Redis lost the fleet's keys). Its active subscriptions become `lost`
-    in one UPDATE and each gets a reconnect push (reason `monitor_lost`), paced per IMAP
-    host (hostlimits.reconnect_delays) so a lost machine does not make a provider's
-    clients all log in again in the same second. Pending ones are left to `expire_pending`.
+    counts as running (Redis lost the fleet's keys) or stopping (killed while logging out:
+    its shutdown is bounded by PUSHPROXY_SHUTDOWN_SECONDS, well below that age). Its active
+    subscriptions become `lost` in one UPDATE and each gets a reconnect push (reason
+    `monitor_lost`), paced per IMAP host (hostlimits.reconnect_delays) so a lost machine
+    does not make a provider's clients all log in again in the same second. Pending ones
+    are left to `expire_pending`.
     """
     dead: set[str] = set()
     live: set[str] = set()
@@ -133,7 +135,7 @@ def reap() -> dict[str, int]:
     horizon = timezone.now() - timedelta(seconds=settings.PUSHPROXY_MONITOR_STALE_SECONDS)
     stale = set(
         MonitorWorker.objects.filter(
-            state=MonitorState.RUNNING, heartbeat_at__lt=horizon
+            state__in=[MonitorState.RUNNING, MonitorState.STOPPING], heartbeat_at__lt=horizon
         ).values_list("worker_id", flat=True)
     )
     for worker in stale - live - dead:

@@ -134,3 +134,25 @@ def test_lapsed_leases_reap_a_monitor_whose_database_row_still_looks_alive(
     # Should the killed one come back (a paused VM), it learns it was reaped and starts afresh.
     comeback = killed.renew()
     assert comeback.reaped and comeback.owned == frozenset()
+
+
+@pytest.mark.django_db
+def test_a_monitor_killed_while_logging_out_is_reaped_but_a_stopped_one_is_not(
+    make_subscription: Callable[..., PushSubscription],
+    pushes: list[dict[str, Any]],
+    fleet_prefix: str,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    url = "https://push.example/r"
+    for worker_id, state in (("cut-short", MonitorState.STOPPING), ("done", MonitorState.STOPPED)):
+        monitor = _monitor(worker_id, beat_ago=600)
+        monitor.state = state
+        monitor.save()
+    left = make_subscription(new_mail=url, reconnect=url, client_id="a", monitor="cut-short")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert monitors.reap() == {"cut-short": 1}
+
+    left.refresh_from_db()
+    assert left.status == Status.LOST and [p["subscription"] for p in pushes] == [left.public_id]
+    assert MonitorWorker.objects.get(worker_id="done").state == MonitorState.STOPPED
