@@ -37,8 +37,19 @@ class TokenRequired(PortalError):
     default_message = "Send the subscription's token: Authorization: Bearer <token>."
 
 
-def _errors(*statuses: int) -> dict[int, OpenApiResponse]:
-    return {status: OpenApiResponse(ErrorOut, description="{code, message}") for status in statuses}
+def _errors(*statuses: int, codes: dict[str, Any] | None = None) -> dict[int, OpenApiResponse]:
+    """{code, message} answers; `codes` (code -> (status, message)) are named under theirs."""
+    named: dict[int, list[str]] = {}
+    for code, (status, _message) in (codes or {}).items():
+        named.setdefault(int(status), []).append(code)
+    return {
+        status: OpenApiResponse(
+            ErrorOut,
+            description="{code, message}"
+            + (f"; code among: {', '.join(sorted(named[status]))}" if status in named else ""),
+        )
+        for status in statuses
+    }
 
 
 class SubscriptionsView(APIView):
@@ -53,7 +64,7 @@ class SubscriptionsView(APIView):
                 SubscriptionCreatedOut,
                 description="no monitor answered in time; the outcome follows as a push and on GET",
             ),
-            **_errors(400, 401, 409, 422, 429, 502, 503),
+            **_errors(400, 401, 409, 422, 429, 502, 503, codes=subscriptions.LOGIN_ERRORS),
         },
     )
     def post(self, request: Request) -> Response:

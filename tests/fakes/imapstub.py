@@ -45,6 +45,8 @@ class ImapStub:
     stall_done: bool = False
     auth_plain: bool = True
     password: str = PASSWORD
+    # Further user names accepted with the same password (many accounts on one stub).
+    users: tuple[str, ...] = ()
     # Sent inside the EXAMINE answer, before its tagged OK (a server flooding the login).
     examine_extra: bytes = b""
     exists: int = 2
@@ -307,7 +309,7 @@ class ImapStub:
         return values[0].decode("utf-8", "replace"), values[1].decode("utf-8", "replace")
 
     async def _login(self, conn: _Conn, tag: str, user: str, password: str) -> None:
-        if user == USER and password == self.password:
+        if (user == USER or user in self.users) and password == self.password:
             self.logins += 1
             conn.user = user
             await self._send(conn, f"{tag} OK [CAPABILITY {self._capabilities(conn)}] Logged in")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.test import Client
 
+from pushproxy.services.subscriptions import LOGIN_ERRORS
+
 
 def test_schema_describes_the_push_subscription_endpoints(client: Client) -> None:
     schema = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
@@ -21,3 +23,13 @@ def test_schema_describes_the_push_subscription_endpoints(client: Client) -> Non
         "endpoints",
         "clientId",
     }
+
+
+def test_schema_names_every_login_error_code_under_its_status(client: Client) -> None:
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    responses = schema["paths"]["/api/v1/push/subscriptions"]["post"]["responses"]
+    for code, (status, _message) in LOGIN_ERRORS.items():
+        assert code in responses[str(int(status))]["description"], code
+    assert "imap_host_busy" in responses["503"]["description"]
+    assert "poll_cap_reached" in responses["503"]["description"]
+    assert "imap_host_busy" not in responses["502"]["description"]

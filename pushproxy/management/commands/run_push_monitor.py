@@ -6,10 +6,11 @@ sessions are greenlets outside any task. Once Celery consumes, it joins the flee
 (pushproxy.fleet): every PUSHPROXY_HEARTBEAT_SECONDS it renews its shard leases in one Redis
 call, takes free shards up to its fair share or gives some back (rebalancing), logs out with
 a reconnect push the sessions of shards it no longer holds, and beats its database row.
-On SIGTERM or SIGINT Celery stops taking commands (watch tasks finish within a login's time),
-the process leaves the fleet (its shards are free at once), every session is logged out and
-its subscription gets a reconnect push; an alarm bounds all that by
-PUSHPROXY_SHUTDOWN_SECONDS. After `kill -9` the reaper does the same from outside.
+On SIGTERM or SIGINT Celery stops taking commands (watch tasks finish within a login's time)
+and, at the same moment rather than after Celery's warm shutdown, the process leaves the
+fleet (its shards are free at once), logs every session out and gives its subscription a
+reconnect push; an alarm armed on the signal bounds all that by PUSHPROXY_SHUTDOWN_SECONDS.
+After `kill -9` the reaper does the same from outside.
 
 manage.py gevent-patches the process before Django loads when this command is named.
 """
@@ -65,7 +66,7 @@ class Command(BaseCommand):
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
         import gevent
-        from celery.signals import worker_ready
+        from celery.signals import worker_ready, worker_shutting_down
 
         from portal.celery import app
 
@@ -77,13 +78,28 @@ class Command(BaseCommand):
         manager.owns = membership.holds
         self._freezer = monitor.HeapFreezer(step=1000)
         loops: list[Any] = []
+        stopping: list[Any] = []  # the shutdown greenlet, once started
+        watchers: list[Any] = []
 
         def join_fleet(**_kwargs: Any) -> None:
             # Only once Celery consumes idle.<id>: a shard taken earlier could be routed
             # hand-offs that nobody reads yet.
-            loops.append(gevent.spawn(self._fleet_loop, membership, manager))
+            if not stopping:
+                loops.append(gevent.spawn(self._fleet_loop, membership, manager))
+            watchers.extend(_prompt_signals())
+
+        def shut_down(**_kwargs: Any) -> None:
+            # Celery's SIGTERM/SIGINT handler (it stops consuming). The sessions do not wait
+            # for Celery's warm shutdown, which takes seconds (its broker polls time out,
+            # its control thread is joined): leaving and logging out start now.
+            if not stopping:
+                signal.alarm(settings.PUSHPROXY_SHUTDOWN_SECONDS)  # SIGALRM's default: exit
+                stopping.append(
+                    gevent.spawn(self._shut_down, worker_id, membership, manager, loops)
+                )
 
         worker_ready.connect(join_fleet, weak=False)
+        worker_shutting_down.connect(shut_down, weak=False)
         self.stdout.write(f"monitor {worker_id}: consuming {queue}")
         self.stdout.flush()
         worker = app.Worker(
@@ -100,7 +116,8 @@ class Command(BaseCommand):
         try:
             worker.start()
         finally:
-            self._shut_down(worker_id, membership, manager, loops)
+            shut_down()  # Celery stopped without a signal (an error): the same way out
+            stopping[0].join()
 
     def _shut_down(
         self,
@@ -109,10 +126,10 @@ class Command(BaseCommand):
         manager: monitor.Manager,
         loops: list[Any],
     ) -> None:
-        """SIGTERM (Celery stopped taking commands): leave the fleet, so the other monitors
-        take the shards at once, log every session out with a reconnect push, exit. An alarm
-        ends the process if that takes longer than PUSHPROXY_SHUTDOWN_SECONDS."""
-        signal.alarm(settings.PUSHPROXY_SHUTDOWN_SECONDS)  # SIGALRM's default: terminate
+        """SIGTERM (in a greenlet of its own, while Celery stops taking commands): leave the
+        fleet, so the other monitors take the shards at once, log every session out with a
+        reconnect push. The alarm armed with it ends the process if all that, and Celery's
+        own shutdown, take longer than PUSHPROXY_SHUTDOWN_SECONDS."""
         for loop in loops:
             loop.kill()
         sessions = manager.count()
@@ -127,6 +144,7 @@ class Command(BaseCommand):
         count = manager.drain(reason="shutdown", notify=True, wait=wait)
         close_old_connections()
         monitors.set_state(worker_id, MonitorState.STOPPED, sessions=0)
+        monitor.release_db()  # this greenlet's own connection
         fleet.leave_process()
         self.stdout.write(
             f"monitor {worker_id} stopped: {count} sessions logged out, {released} shards released"
@@ -172,3 +190,19 @@ def _end_outside(manager: monitor.Manager, membership: fleet.Membership, *, reas
     return manager.end_where(
         lambda watched: not membership.holds(watched.account_key), reason=reason, notify=True
     )
+
+
+def _prompt_signals() -> list[Any]:
+    """Wake the gevent hub for SIGTERM and SIGINT and run the handlers Celery installed.
+
+    Python runs a signal handler when the main thread next executes bytecode; in a gevent
+    process idling in the hub that is the next timer or socket event, seconds later. A libev
+    signal watcher wakes the hub at once. The watchers are returned: kept alive, they stay."""
+    import gevent
+
+    watchers = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(signum)
+        if callable(handler):
+            watchers.append(gevent.signal_handler(signum, handler, signum, None))
+    return watchers
