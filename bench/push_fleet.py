@@ -37,6 +37,13 @@ command) and stopped. Bounded in time; loopback only.
 
 from __future__ import annotations
 
+import sys
+
+if sys.argv[1:2] == ["--monitor-gc-wrapper"]:  # GC_WRAPPER, below
+    from gevent import monkey
+
+    monkey.patch_all()  # first, as manage.py does for run_push_monitor
+
 import argparse
 import gc
 import json
@@ -46,7 +53,6 @@ import resource
 import secrets
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -68,6 +74,7 @@ from _common import (
 from autoconfig import POSTGRES_ADMIN_DSN, ROOT, VAR
 from load import private_redis
 
+GC_WRAPPER = "--monitor-gc-wrapper"
 sys.path.insert(0, str(ROOT))  # the fakes (tests/fakes) and, in the children, the project
 
 WARM_UP = 20  # sessions logged in before the memory baseline
@@ -86,12 +93,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--database", default="mailportal_push_fleet", help="scratch database")
     parser.add_argument("--concurrency", type=int, default=50, help="the monitor's logins at once")
     parser.add_argument("--in-flight", type=int, default=400, help="hand-offs outstanding")
+    parser.add_argument(
+        "--monitor-gc",
+        choices=["off", "watch", "freeze"],
+        default="off",
+        help="watch: count the monitor's collections and pauses; freeze: also gc.freeze() "
+        "after the logins (the monitor then runs from a wrapper of manage.py, not changed)",
+    )
     parser.add_argument("--serve-stub", default="", help=argparse.SUPPRESS)
     parser.add_argument("--serve-receiver", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
 def main() -> int:
+    if sys.argv[1:2] == [GC_WRAPPER]:
+        return monitor_gc_wrapper(Path(sys.argv[2]), sys.argv[3:])
     args = parse_args()
     if args.serve_stub:
         return serve_stub(Path(args.serve_stub))
@@ -168,6 +184,58 @@ def serve_receiver() -> int:
             break
     service.stop()
     return 0
+
+
+def monitor_gc_wrapper(report: Path, arguments: Sequence[str]) -> int:
+    """Child: `manage.py run_push_monitor <arguments>` (gevent-patched above), timing every
+    garbage collection. SIGUSR2 (Celery leaves it alone) writes the counts so far to
+    `report`; with BENCH_GC_FREEZE=1 the first one also collects and freezes what exists
+    (the sessions logged in by then), so later collections skip it."""
+    pauses: list[tuple[int, float]] = []
+    began = [0.0]
+
+    def timing(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        else:
+            pauses.append((info["generation"], time.perf_counter() - began[0]))
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        per_generation = {
+            str(generation): {
+                "count": sum(1 for g, _ in pauses if g == generation),
+                "total_ms": round(1000 * sum(d for g, d in pauses if g == generation), 1),
+                "max_ms": round(
+                    1000 * max((d for g, d in pauses if g == generation), default=0), 1
+                ),
+            }
+            for generation in (0, 1, 2)
+        }
+        report.write_text(json.dumps({"frozen": gc.get_freeze_count(), **per_generation}))
+        if os.environ.get("BENCH_GC_FREEZE") == "1" and not gc.get_freeze_count():
+            gc.collect()
+            gc.freeze()
+        pauses.clear()
+
+    gc.callbacks.append(timing)
+    signal.signal(signal.SIGUSR2, on_signal)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(["manage.py", "run_push_monitor", *arguments])
+    return 0
+
+
+def gc_report(monitor: Process, report: Path) -> dict[str, Any]:
+    """The wrapper's collection counts since the last call (and a freeze, if asked)."""
+    report.unlink(missing_ok=True)
+    os.kill(monitor.pid, signal.SIGUSR2)
+    deadline = time.monotonic() + 10
+    while not report.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.2)  # written in one go; let it finish
+    answer: dict[str, Any] = json.loads(report.read_text())
+    return answer
 
 
 class Child:
@@ -501,14 +569,15 @@ def measure(
     with ExitStack() as stack:
         stub = stack.enter_context(child("IMAP stub", ["--serve-stub", str(cert_dir)], env))
         receiver = stack.enter_context(child("push receiver", ["--serve-receiver"], env))
-        monitor = stack.enter_context(
-            process(
-                f"monitor-{size}",
-                [sys.executable, "manage.py", "run_push_monitor", "--id", worker_id,
-                 "--concurrency", str(args.concurrency), "--loglevel", "WARNING"],
-                env,
-            )
-        )  # fmt: skip
+        command = ["run_push_monitor", "--id", worker_id, "--concurrency",
+                   str(args.concurrency), "--loglevel", "WARNING"]  # fmt: skip
+        gc_path = VAR / f"push-fleet-gc-{size}.json"
+        if args.monitor_gc == "off":
+            command = [sys.executable, "manage.py", *command]
+        else:
+            command = [sys.executable, __file__, GC_WRAPPER, str(gc_path), *command[1:]]
+            env["BENCH_GC_FREEZE"] = "1" if args.monitor_gc == "freeze" else "0"
+        monitor = stack.enter_context(process(f"monitor-{size}", command, env))
         deadline = time.monotonic() + 60
         while fleet.live_monitors().get(worker_id, 0) < fleet.SHARDS:
             if time.monotonic() > deadline or not monitor.running():
@@ -543,6 +612,8 @@ def measure(
         active = size - sum(failed.values())
         wait_idling(stub, active + WARM_UP)
         stub.ask("quiet")
+        if args.monitor_gc != "off":
+            print(f"monitor GC while logging in: {gc_report(monitor, gc_path)}", flush=True)
         time.sleep(2.0)
         per_session_kb = (proc_status_kb(monitor.pid, "VmRSS") - baseline_kb) / size
         fds = len(os.listdir(f"/proc/{monitor.pid}/fd"))
@@ -561,6 +632,8 @@ def measure(
         )
         lost = sum(1 for path, _at in json.loads(receiver.ask("dump")) if path.startswith("/r/"))
         load = load_average()
+        if args.monitor_gc != "off":
+            print(f"monitor GC since (idle, injections): {gc_report(monitor, gc_path)}")
 
         drained = make.drain(worker_id)
         print(f"drained {drained} sessions (no pushes)", flush=True)
