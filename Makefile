@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/fanout.py
 	$(BIN)/python bench/sheets.py
 	$(BIN)/python bench/push_sessions.py
+	$(BIN)/python bench/push_fleet.py --sessions 1000 3000 --injections 100 --window 20
 	$(BIN)/python bench/load.py
 
 clean:

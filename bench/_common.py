@@ -23,9 +23,11 @@ import sys
 import time
 from array import array
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import IO
 
 LOOPBACK = "127.0.0.1"
@@ -446,6 +448,30 @@ def gunicorn_command(
 # ---------------------------------------------------------------------------------------------
 # Services and the machine
 # ---------------------------------------------------------------------------------------------
+
+
+class BenchError(Exception):
+    """The benchmark could not run (as opposed to: the target was missed)."""
+
+
+def stop_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds the ExitStack: servers stopped, database dropped
+
+
+def guarded_main(var: Path, body: Callable[[ExitStack], int]) -> int:
+    """A benchmark's main() around `body`: SIGTERM unwinds it, one benchmark at a time (the
+    lock under `var`), the machine printed first; whatever `body` enters on the ExitStack
+    (servers, databases) is stopped or dropped on the way out. Exit 2 when it could not run."""
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    var.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {machine_description()}", flush=True)
+    try:
+        with ExitStack() as stack:
+            stack.enter_context(exclusive_run(var / "bench.lock"))
+            return body(stack)
+    except (BenchError, RuntimeError, OSError, ValueError) as exc:
+        print(f"\nbenchmark could not run: {exc}", file=sys.stderr)
+        return 2
 
 
 @contextlib.contextmanager

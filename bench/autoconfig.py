@@ -26,9 +26,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 from _common import (
+    BenchError,
     LoadResult,
     Server,
     exclusive_run,
@@ -43,6 +43,7 @@ from _common import (
     postgres_database,
     redis_answers,
     run_load_parallel,
+    stop_on_sigterm,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,10 +82,6 @@ QUERY_PATH = f"/mail/config-v1.1.xml?emailaddress={ADDRESS.replace('@', '%40')}"
 OURS_QUERY = "mailportal ?emailaddress="
 OURS_HOST = "mailportal Host: autoconfig."
 THEIRS = "automx2 ?emailaddress="
-
-
-class BenchError(Exception):
-    """The benchmark could not run (as opposed to: the target was missed)."""
 
 
 @dataclass(frozen=True)
@@ -135,13 +132,9 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _stop_on_sigterm(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds the ExitStack: servers stopped, database dropped
-
-
 def main() -> int:
     args = parse_args()
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     VAR.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine_description()}")
     try:

@@ -50,12 +50,11 @@ from typing import Any
 from _common import (
     LOOPBACK,
     Server,
-    exclusive_run,
     fetch,
     format_table,
     free_port,
+    guarded_main,
     gunicorn_command,
-    machine_description,
     postgres_answers,
     postgres_database,
 )
@@ -65,7 +64,6 @@ from autoconfig import (
     VAR,
     VENV_BIN,
     BenchError,
-    _stop_on_sigterm,
     manage,
 )
 
@@ -143,16 +141,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    VAR.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {machine_description()}")
-    try:
-        with ExitStack() as stack:
-            stack.enter_context(exclusive_run(VAR / "bench.lock"))
-            return run(args, stack)
-    except (BenchError, RuntimeError, OSError, ValueError) as exc:
-        print(f"\nbenchmark could not run: {exc}", file=sys.stderr)
-        return 2
+    return guarded_main(VAR, lambda stack: run(args, stack))
 
 
 def run(args: argparse.Namespace, stack: ExitStack) -> int:

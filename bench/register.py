@@ -42,6 +42,7 @@ from _common import (
     machine_busy_s,
     machine_description,
     run_load,
+    stop_on_sigterm,
 )
 from autoconfig import (
     DOMAIN,
@@ -50,7 +51,6 @@ from autoconfig import (
     VENV_BIN,
     BenchError,
     Measurement,
-    _stop_on_sigterm,
     portal_environment,
     prepare_portal,
 )
@@ -101,7 +101,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     VAR.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine_description()}")
     try:

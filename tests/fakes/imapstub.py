@@ -45,8 +45,10 @@ class ImapStub:
     stall_done: bool = False
     auth_plain: bool = True
     password: str = PASSWORD
-    # Further user names accepted with the same password (many accounts on one stub).
+    # Further user names accepted with the same password (many accounts on one stub), or
+    # every user name (benchmarks: one account per session).
     users: tuple[str, ...] = ()
+    any_user: bool = False
     # Sent inside the EXAMINE answer, before its tagged OK (a server flooding the login).
     examine_extra: bytes = b""
     exists: int = 2
@@ -136,6 +138,22 @@ class ImapStub:
             return sent
 
         result: float = self._call(deliver())
+        return result
+
+    def inject_user(self, user: str) -> float | None:
+        """One new message for the idling connection logged in as `user`; the time it was
+        sent (time.monotonic), or None if no such connection idles. For benchmarks."""
+
+        async def deliver() -> float | None:
+            conn = next((c for c in self._conns if c.user == user and c.idle_tag), None)
+            if conn is None:
+                return None
+            conn.exists += 1
+            sent = time.monotonic()
+            await self._send(conn, f"* {conn.exists} EXISTS")
+            return sent
+
+        result: float | None = self._call(deliver())
         return result
 
     def flood(self, head: bytes, size: int) -> None:
@@ -309,7 +327,8 @@ class ImapStub:
         return values[0].decode("utf-8", "replace"), values[1].decode("utf-8", "replace")
 
     async def _login(self, conn: _Conn, tag: str, user: str, password: str) -> None:
-        if (user == USER or user in self.users) and password == self.password:
+        accepted = self.any_user or user == USER or user in self.users
+        if accepted and password == self.password:
             self.logins += 1
             conn.user = user
             await self._send(conn, f"{tag} OK [CAPABILITY {self._capabilities(conn)}] Logged in")
