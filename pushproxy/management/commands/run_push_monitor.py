@@ -72,6 +72,7 @@ class Command(BaseCommand):
 
         worker_id: str = options["worker_id"]
         queue = monitors.queue_name(worker_id)
+        _share_database_connections(options["concurrency"] + 5)
         monitors.register(worker_id)
         manager = monitor.get_manager()
         membership = fleet.join(worker_id)
@@ -182,6 +183,24 @@ class Command(BaseCommand):
         )
         if self._freezer.after(manager.count()):
             self.stdout.write(f"{manager.count()} sessions: heap frozen (gc.freeze)")
+
+
+def _share_database_connections(size: int) -> None:
+    """Serve the process's greenlets from one pool of PostgreSQL connections.
+
+    Django's connections are per greenlet once gevent patches the process, and every watch
+    task is a greenlet of its own: without a pool each login opened a PostgreSQL connection
+    (a backend fork and authentication) and closed it again, which cost the monitor about
+    as much CPU as the TLS login itself (docs/benchmarks.md, "Push fleet path"). With
+    Django's psycopg pool a greenlet's `close` hands the connection back. `size`: the watch
+    tasks at once plus the fleet loop and shutdown. SQLite (no pool) is left as it is."""
+    database: dict[str, Any] = settings.DATABASES["default"]
+    if database["ENGINE"] != "django.db.backends.postgresql":
+        return
+    close_old_connections()
+    database["CONN_MAX_AGE"] = 0  # Django's pool and persistent connections exclude each other
+    pool = {"min_size": 2, "max_size": size, "timeout": 10}
+    database["OPTIONS"] = {**database.get("OPTIONS", {}), "pool": pool}
 
 
 def _end_outside(manager: monitor.Manager, membership: fleet.Membership, *, reason: str) -> int:
