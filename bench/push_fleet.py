@@ -1,13 +1,14 @@
 """Push fleet benchmark (issue 9): one real monitor process, EXISTS -> HTTP push, end to end.
 
 Run as `python bench/push_fleet.py [--sessions 1000 10000 15000] [--injections 300]
-[--window 60]`.
+[--window 60] [--monitor-gc off|watch|freeze]` (docs/benchmarks.md, "Push fleet path").
 
 Everything is real and on this machine's loopback, each in its own process: a private
 redis-server (bench/load.py's), a scratch PostgreSQL database (`--database`, dropped
 afterwards), the IMAP stub (tests/fakes/imapstub.py, asyncio, TLS with a self-signed P-256
-certificate for 127.0.0.1, every user name accepted, its garbage collector frozen and
-disabled so that its pauses stay out of the figures), a push receiver (tests/fakes/
+certificate for 127.0.0.1, every user name accepted, collecting garbage rarely while the
+sessions log in and, once they are in, frozen and disabled so that its pauses stay out of
+the figures), a push receiver (tests/fakes/
 push_service.py, a threaded HTTP server recording when each request arrived), one Celery
 worker for the `push` queue (threads, 16, as deploy/Procfile) and, for each size, one fresh
 `manage.py run_push_monitor` (gevent, queue idle.<id>, in the fleet with all 16,384 shards).
