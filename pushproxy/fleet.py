@@ -55,9 +55,12 @@ local function least_loaded(p, now)
 end
 """
 
-# ARGV: prefix, worker, lease ms, known shards... -> {status, owned, lost, live monitors}.
+# ARGV: prefix, worker, lease ms, known shards... -> {status, added, lost, live monitors}.
 # status -1: the reaper took this monitor's shards (it starts afresh). A known shard whose
-# key vanished (a Redis restart, a flush) is taken back if nobody else took it.
+# key vanished (a Redis restart, a flush) is taken back if nobody else took it. `added`:
+# shards held that the monitor did not list (claimed for it by the API or the reaper);
+# `lost`: listed ones another monitor holds now. Only the changes travel back, so a monitor
+# holding thousands of shards parses a few, not all, every renewal.
 _RENEW = (
     _NOW
     + """
@@ -68,24 +71,25 @@ if redis.call('DEL', p .. 'reaped:' .. w) == 1 then
   return {-1, {}, {}, redis.call('ZCOUNT', p .. 'monitors', '(' .. now, '+inf')}
 end
 local ownedkey = p .. 'owned:' .. w
-for i = 4, #ARGV do redis.call('SADD', ownedkey, ARGV[i]) end
-local owned, lost = {}, {}
+local known = {}
+for i = 4, #ARGV do
+  redis.call('SADD', ownedkey, ARGV[i])
+  known[ARGV[i]] = true
+end
+local added, lost = {}, {}
 for _, s in ipairs(redis.call('SMEMBERS', ownedkey)) do
   local k = p .. 'shard:' .. s
   local v = redis.call('GET', k)
-  if v == w then
-    redis.call('PEXPIRE', k, lease)
-    owned[#owned + 1] = s
-  elseif not v then
+  if v == w or not v then
     redis.call('SET', k, w, 'PX', lease)
-    owned[#owned + 1] = s
+    if not known[s] then added[#added + 1] = s end
   else
     redis.call('SREM', ownedkey, s)
     lost[#lost + 1] = s
   end
 end
 redis.call('ZADD', p .. 'monitors', now + lease, w)
-return {1, owned, lost, redis.call('ZCOUNT', p .. 'monitors', '(' .. now, '+inf')}
+return {1, added, lost, redis.call('ZCOUNT', p .. 'monitors', '(' .. now, '+inf')}
 """
 )
 
@@ -289,11 +293,15 @@ class Membership:
         """Renew every lease held (one script call); what is held and what was lost."""
         with self._lock:
             known = sorted(self._owned)
-        status, owned, lost, live = _run(_RENEW, self.worker_id, lease_ms(), *known)
+        status, added, lost, live = _run(_RENEW, self.worker_id, lease_ms(), *known)
+        reaped = int(status) < 0
+        gone = frozenset(int(s) for s in lost)
         renewal = Renewal(
-            reaped=int(status) < 0,
-            owned=frozenset(int(s) for s in owned),
-            lost=frozenset(int(s) for s in lost),
+            reaped=reaped,
+            owned=frozenset()
+            if reaped
+            else (frozenset(known) - gone) | frozenset(int(s) for s in added),
+            lost=gone,
             live_monitors=max(1, int(live)),
         )
         with self._lock:
