@@ -61,7 +61,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol, TypeVar
 
 from _common import (
     LOOPBACK,
@@ -280,13 +280,20 @@ class Child:
                 self.process.wait()
 
 
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=Stoppable)
+
+
 @contextmanager
-def child(name: str, arguments: Sequence[str], env: Mapping[str, str]) -> Iterator[Child]:
-    process = Child(name, arguments, env)
+def stopping(started: S) -> Iterator[S]:
+    """Stop what was started (a child or a process) when the block ends, however it ends."""
     try:
-        yield process
+        yield started
     finally:
-        process.stop()
+        started.stop()
 
 
 # ----- the portal's processes --------------------------------------------------------------
@@ -375,15 +382,6 @@ class Process:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
-
-
-@contextmanager
-def process(name: str, command: Sequence[str], env: Mapping[str, str]) -> Iterator[Process]:
-    started = Process(name, command, env)
-    try:
-        yield started
-    finally:
-        started.stop()
 
 
 def proc_status_kb(pid: int, field: str) -> int:
@@ -529,13 +527,13 @@ def run(args: argparse.Namespace, stack: ExitStack) -> int:
         flush=True,
     )
     push = stack.enter_context(
-        process(
+        stopping(Process(
             "push-worker",
             [sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", "push",
              "-P", "threads", "-c", "16", "-n", f"bench-push-{os.getpid()}@%h",
              "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO"],
             env,
-        )
+        ))
     )  # fmt: skip
     push.wait_for_line("ready.", timeout=60)
     rows = []
@@ -568,8 +566,9 @@ def measure(
     env = {**base_env, "PUSHPROXY_FLEET_PREFIX": prefix}
     worker_id = f"bench-{size}-{os.getpid()}"
     with ExitStack() as stack:
-        stub = stack.enter_context(child("IMAP stub", ["--serve-stub", str(cert_dir)], env))
-        receiver = stack.enter_context(child("push receiver", ["--serve-receiver"], env))
+        stub_child = Child("IMAP stub", ["--serve-stub", str(cert_dir)], env)
+        stub = stack.enter_context(stopping(stub_child))
+        receiver = stack.enter_context(stopping(Child("push receiver", ["--serve-receiver"], env)))
         command = ["run_push_monitor", "--id", worker_id, "--concurrency",
                    str(args.concurrency), "--loglevel", "WARNING"]  # fmt: skip
         gc_path = VAR / f"push-fleet-gc-{size}.json"
@@ -578,7 +577,7 @@ def measure(
         else:
             command = [sys.executable, __file__, GC_WRAPPER, str(gc_path), *command[1:]]
             env["BENCH_GC_FREEZE"] = "1" if args.monitor_gc == "freeze" else "0"
-        monitor = stack.enter_context(process(f"monitor-{size}", command, env))
+        monitor = stack.enter_context(stopping(Process(f"monitor-{size}", command, env)))
         deadline = time.monotonic() + 60
         while fleet.live_monitors().get(worker_id, 0) < fleet.SHARDS:
             if time.monotonic() > deadline or not monitor.running():

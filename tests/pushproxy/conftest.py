@@ -63,6 +63,36 @@ def _wait_for_line(
     )
 
 
+def monitor_environment(**extra: str) -> dict[str, str]:
+    """The environment of a `run_push_monitor` child on the test database: loopback IMAP and
+    push endpoints allowed, plus `extra`."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    database = (
+        f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    )
+    return {
+        **os.environ,
+        "DATABASE_URL": database,
+        "PORTAL_EGRESS_ALLOW": "127.0.0.0/8",
+        "PUSHPROXY_ALLOW_PLAINTEXT": "1",
+        **extra,
+    }
+
+
+def start_monitor(worker_id: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`manage.py run_push_monitor --id <worker_id>` as a process of its own, output in `log`."""
+    with log.open("wb") as handle:  # the child keeps its own copy
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "run_push_monitor", "--id", worker_id],
+            cwd=ROOT,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+
+
 @pytest.fixture(scope="session")
 def push_workers(django_db_setup: None, django_db_blocker: Any) -> Iterator[Workers | None]:
     """Under Redis: a monitor process and a push worker on the test database. Without

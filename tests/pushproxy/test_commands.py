@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from typing import Any
@@ -22,7 +19,7 @@ from pushproxy.services import monitors
 from tests.conftest import need_service
 from tests.fakes.imapstub import PASSWORD, USER, ImapStub
 from tests.fakes.push_service import PushService
-from tests.pushproxy.conftest import ROOT, Workers, _wait_for_line
+from tests.pushproxy.conftest import Workers, _wait_for_line, monitor_environment, start_monitor
 
 
 def test_generate_vapid_keys_prints_a_usable_pair() -> None:
@@ -51,16 +48,7 @@ def test_sigterm_logs_every_session_out_and_pushes_reconnect(
     stub = ImapStub().start()
     worker_id = f"sigterm-{uuid.uuid4().hex[:6]}"
     log = tmp_path / "monitor.log"
-    env = {**os.environ, "PORTAL_EGRESS_ALLOW": "127.0.0.0/8", "PUSHPROXY_ALLOW_PLAINTEXT": "1"}
-    env["DATABASE_URL"] = _database_url()
-    with log.open("wb") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "run_push_monitor", "--id", worker_id],
-            cwd=ROOT,
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
+    process = start_monitor(worker_id, monitor_environment(), log)
     try:
         _wait_for_line(log, "ready.", process, timeout=60)
         # Only the new monitor is alive, so the subscription lands there.
@@ -101,10 +89,3 @@ def test_sigterm_logs_every_session_out_and_pushes_reconnect(
             process.kill()
         stub.stop()
         monitors.register(push_stack.worker_id)
-
-
-def _database_url() -> str:
-    from django.db import connection
-
-    db = connection.settings_dict
-    return f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"

@@ -9,10 +9,8 @@ with the reaper, SIGTERM (specs/push-proxy.md "Sharding" and "Liveness").
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,7 +29,12 @@ from pushproxy.tasks import drain
 from tests.conftest import need_service
 from tests.fakes.imapstub import PASSWORD, ImapStub
 from tests.fakes.push_service import PushService
-from tests.pushproxy.conftest import ROOT, Workers, _wait_for_line
+from tests.pushproxy.conftest import (
+    Workers,
+    _wait_for_line,
+    monitor_environment,
+    start_monitor,
+)
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -113,13 +116,6 @@ def _settled(count: int) -> bool:
     return len(live) == count and all(low <= held <= high for held in live.values())
 
 
-def _database_url() -> str:
-    from django.db import connection
-
-    db = connection.settings_dict
-    return f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
 @pytest.fixture
 def start_fleet(
     client: Client,
@@ -138,32 +134,20 @@ def start_fleet(
     push_settings.PUSHPROXY_LEASE_SECONDS = LEASE_SECONDS
     stub = ImapStub(users=USERS).start()
     started: list[Monitor] = []
-    env = {
-        **os.environ,
-        "DATABASE_URL": _database_url(),
-        "PORTAL_EGRESS_ALLOW": "127.0.0.0/8",
-        "PUSHPROXY_ALLOW_PLAINTEXT": "1",
-        "PUSHPROXY_FLEET_PREFIX": prefix,
-        "PUSHPROXY_LEASE_SECONDS": str(LEASE_SECONDS),
-        "PUSHPROXY_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS),
-        "PUSHPROXY_REBALANCE_STEP": str(fleet.SHARDS),
-        "PUSHPROXY_SHUTDOWN_SECONDS": str(SHUTDOWN_SECONDS),
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = monitor_environment(
+        PUSHPROXY_FLEET_PREFIX=prefix,
+        PUSHPROXY_LEASE_SECONDS=str(LEASE_SECONDS),
+        PUSHPROXY_HEARTBEAT_SECONDS=str(HEARTBEAT_SECONDS),
+        PUSHPROXY_REBALANCE_STEP=str(fleet.SHARDS),
+        PUSHPROXY_SHUTDOWN_SECONDS=str(SHUTDOWN_SECONDS),
+        PYTHONUNBUFFERED="1",
+    )
 
     def start(count: int) -> Fleet:
         for _ in range(count):
             worker_id = f"fleet-{uuid.uuid4().hex[:6]}"
             log = tmp_path / f"{worker_id}.log"
-            with log.open("wb") as handle:  # the child keeps its own copy
-                process = subprocess.Popen(
-                    [sys.executable, "manage.py", "run_push_monitor", "--id", worker_id],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=handle,
-                    stderr=subprocess.STDOUT,
-                )
-            started.append(Monitor(worker_id, process, log))
+            started.append(Monitor(worker_id, start_monitor(worker_id, env, log), log))
         for monitor in started:
             _wait_for_line(monitor.log, "ready.", monitor.process, timeout=60)
         assert _wait(lambda: _settled(count), timeout=20), fleet.live_monitors()
