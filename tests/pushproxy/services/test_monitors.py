@@ -1,8 +1,10 @@
 """pushproxy.services.monitors.reap: a dead monitor's subscriptions become `lost` once, and
-each gets one reconnect push, paced per IMAP host."""
+each gets one reconnect push (through the real push path to a local push service), paced
+per IMAP host."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,14 +17,10 @@ from django.utils import timezone
 from pushproxy import fleet
 from pushproxy.models import MonitorState, MonitorWorker, PushSubscription, Status
 from pushproxy.services import monitors
+from tests.fakes.push_service import PushService, Received
+from tests.pushproxy.conftest import Workers
 
-
-@pytest.fixture
-def pushes(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """The reconnect pushes the reaper queues (their Celery delivery is tested elsewhere)."""
-    queued: list[dict[str, Any]] = []
-    monkeypatch.setattr(monitors, "enqueue_push", lambda **kwargs: queued.append(kwargs))
-    return queued
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
@@ -37,6 +35,28 @@ def fleet_prefix(settings: Any) -> Iterator[str]:
             client.delete(key)
 
 
+@pytest.fixture
+def lost_to(
+    make_subscription: Callable[..., PushSubscription],
+    push_stack: Workers | None,
+    push_service: PushService,
+) -> Callable[..., PushSubscription]:
+    """An active subscription held by `monitor`, its endpoints on the local push service
+    (/n for new mail, /r for reconnect), delivered by the real push workers (in-process
+    without Redis)."""
+
+    def make(monitor: str, client_id: str, **fields: Any) -> PushSubscription:
+        return make_subscription(
+            new_mail=push_service.url("/n"),
+            reconnect=push_service.url("/r"),
+            client_id=client_id,
+            monitor=monitor,
+            **fields,
+        )
+
+    return make
+
+
 def _monitor(worker_id: str, *, beat_ago: float) -> MonitorWorker:
     return MonitorWorker.objects.create(
         worker_id=worker_id,
@@ -47,32 +67,28 @@ def _monitor(worker_id: str, *, beat_ago: float) -> MonitorWorker:
     )
 
 
-@pytest.mark.django_db
+def _reasons(pushes: list[Received]) -> dict[str, str]:
+    bodies = [json.loads(push.body) for push in pushes]
+    assert all(body["type"] == "reconnect" for body in bodies)
+    return {body["subscription"]: body["reason"] for body in bodies}
+
+
 def test_a_monitor_with_a_stale_heartbeat_is_reaped_once_and_its_clients_paced(
-    make_subscription: Callable[..., PushSubscription],
-    pushes: list[dict[str, Any]],
+    lost_to: Callable[..., PushSubscription],
+    push_service: PushService,
     fleet_prefix: str,
     settings: Any,
-    django_capture_on_commit_callbacks: Any,
 ) -> None:
     settings.PUSHPROXY_RECONNECTS_PER_HOST_PER_SECOND = 2
     _monitor("dead", beat_ago=600)
     _monitor("alive", beat_ago=1)
-    url = "https://push.example/r"
-    lost = [
-        make_subscription(new_mail=url, reconnect=url, client_id=f"c{n}", monitor="dead")
-        for n in range(3)
-    ]
-    pending = make_subscription(
-        new_mail=url, reconnect=url, client_id="p", monitor="dead", status=Status.PENDING
-    )
-    other_host = make_subscription(
-        new_mail=url, reconnect=url, client_id="o", monitor="dead", host="imap.other.example"
-    )
-    kept = make_subscription(new_mail=url, reconnect=url, client_id="k", monitor="alive")
+    lost = [lost_to("dead", f"c{n}") for n in range(3)]
+    pending = lost_to("dead", "p", status=Status.PENDING)
+    other_host = lost_to("dead", "o", host="imap.other.example")
+    kept = lost_to("alive", "k")
 
-    with django_capture_on_commit_callbacks(execute=True):
-        assert monitors.reap() == {"dead": 4}
+    started = time.monotonic()
+    assert monitors.reap() == {"dead": 4}
 
     assert MonitorWorker.objects.get(worker_id="dead").state == MonitorState.LOST
     assert MonitorWorker.objects.get(worker_id="alive").state == MonitorState.RUNNING
@@ -84,36 +100,34 @@ def test_a_monitor_with_a_stale_heartbeat_is_reaped_once_and_its_clients_paced(
     kept.refresh_from_db()
     assert pending.status == Status.PENDING and kept.status == Status.ACTIVE
 
-    assert sorted(p["subscription"] for p in pushes) == sorted(
-        s.public_id for s in [*lost, other_host]
-    )
-    assert {(p["kind"], p["reason"]) for p in pushes} == {("reconnect", "monitor_lost")}
-    assert len({p["event"] for p in pushes}) == 1  # one batch
-    # Two a second for imap.example.org (plus up to 1 s of jitter); the other host at once.
-    by_id = {p["subscription"]: p["countdown"] for p in pushes}
-    for index, sub in enumerate(lost):
-        assert index / 2 <= by_id[sub.public_id] <= index / 2 + 1.0
-    assert by_id[other_host.public_id] <= 1.0
+    pushes = push_service.wait_for("/r", count=4, timeout=15)
+    assert _reasons(pushes) == {s.public_id: "monitor_lost" for s in [*lost, other_host]}
+    assert len({json.loads(push.body)["event"] for push in pushes}) == 1  # one batch
+    if settings.HAS_REDIS:
+        # Celery holds each push for its countdown: two a second for imap.example.org, so
+        # the k-th of its three arrives k/2 s after the reaper ran at the earliest (the
+        # jitter adds up to 1 s). Without Redis the pushes run at once, in-process.
+        ids = {s.public_id for s in lost}
+        arrived = sorted(
+            p.at - started for p in pushes if json.loads(p.body)["subscription"] in ids
+        )
+        for k, seconds in enumerate(arrived):
+            assert seconds >= k / 2, arrived
 
-    pushes.clear()
-    with django_capture_on_commit_callbacks(execute=True):
-        assert monitors.reap() == {}  # already lost: nothing twice
-    assert pushes == []
+    assert monitors.reap() == {}  # already lost: nothing twice
+    assert len(push_service.wait_for("/r", count=5, timeout=2.5)) == 4
 
 
-@pytest.mark.django_db
 def test_lapsed_leases_reap_a_monitor_whose_database_row_still_looks_alive(
-    make_subscription: Callable[..., PushSubscription],
-    pushes: list[dict[str, Any]],
+    lost_to: Callable[..., PushSubscription],
+    push_service: PushService,
     fleet_prefix: str,
     settings: Any,
     redis_client: Any,
-    django_capture_on_commit_callbacks: Any,
 ) -> None:
     _monitor("killed", beat_ago=1)  # kill -9 a moment ago: the row has not aged yet
     _monitor("alive", beat_ago=1)
-    url = "https://push.example/r"
-    sub = make_subscription(new_mail=url, reconnect=url, monitor="killed")
+    sub = lost_to("killed", "phone")
     killed, alive = fleet.Membership("killed"), fleet.Membership("alive")
     settings.PUSHPROXY_LEASE_SECONDS = 0.2
     killed.renew()
@@ -123,11 +137,11 @@ def test_lapsed_leases_reap_a_monitor_whose_database_row_still_looks_alive(
     settings.PUSHPROXY_LEASE_SECONDS = 30
     alive.renew()
 
-    with django_capture_on_commit_callbacks(execute=True):
-        assert monitors.reap() == {"killed": 1}
+    assert monitors.reap() == {"killed": 1}
 
     sub.refresh_from_db()
-    assert sub.status == Status.LOST and [p["subscription"] for p in pushes] == [sub.public_id]
+    assert sub.status == Status.LOST
+    assert _reasons(push_service.wait_for("/r", timeout=10)) == {sub.public_id: "monitor_lost"}
     # Its shards went to the live monitor, so the account's next subscription lands there.
     assert alive.renew().owned == taken
     assert monitors.owner_for(sub.account_key).worker_id == "alive"
@@ -136,23 +150,20 @@ def test_lapsed_leases_reap_a_monitor_whose_database_row_still_looks_alive(
     assert comeback.reaped and comeback.owned == frozenset()
 
 
-@pytest.mark.django_db
 def test_a_monitor_killed_while_logging_out_is_reaped_but_a_stopped_one_is_not(
-    make_subscription: Callable[..., PushSubscription],
-    pushes: list[dict[str, Any]],
+    lost_to: Callable[..., PushSubscription],
+    push_service: PushService,
     fleet_prefix: str,
-    django_capture_on_commit_callbacks: Any,
 ) -> None:
-    url = "https://push.example/r"
     for worker_id, state in (("cut-short", MonitorState.STOPPING), ("done", MonitorState.STOPPED)):
         monitor = _monitor(worker_id, beat_ago=600)
         monitor.state = state
         monitor.save()
-    left = make_subscription(new_mail=url, reconnect=url, client_id="a", monitor="cut-short")
+    left = lost_to("cut-short", "a")
 
-    with django_capture_on_commit_callbacks(execute=True):
-        assert monitors.reap() == {"cut-short": 1}
+    assert monitors.reap() == {"cut-short": 1}
 
     left.refresh_from_db()
-    assert left.status == Status.LOST and [p["subscription"] for p in pushes] == [left.public_id]
+    assert left.status == Status.LOST
+    assert _reasons(push_service.wait_for("/r", timeout=10)) == {left.public_id: "monitor_lost"}
     assert MonitorWorker.objects.get(worker_id="done").state == MonitorState.STOPPED
