@@ -224,12 +224,17 @@ def client() -> Any:
 
 
 @functools.cache
-def _script(source: str, url: str) -> Any:
+def _registered(source: str, url: str) -> Any:
     return _client(url).register_script(source)
 
 
+def script(source: str) -> Any:
+    """A Lua script on this process's fleet Redis, sent once and then called by its SHA."""
+    return _registered(source, settings.REDIS_URL)
+
+
 def _run(source: str, *args: object) -> Any:
-    return _script(source, settings.REDIS_URL)(args=[prefix(), *args])
+    return script(source)(args=[prefix(), *args])
 
 
 # --- the API's side -------------------------------------------------------------------------

@@ -98,8 +98,8 @@ def take_login(host: str) -> float:
             raise HostBusy(host)
         return wait
     try:
-        client = fleet.client()
-        answer = int(client.eval(_TAKE, 1, f"{fleet.prefix()}login:{host}", rate, burst, max_wait))
+        bucket = f"{fleet.prefix()}login:{host}"
+        answer = int(fleet.script(_TAKE)(keys=[bucket], args=[rate, burst, max_wait]))
     except Exception as exc:  # redis errors: refuse rather than log in unpaced
         raise HostBusy(host) from exc
     if answer < 0:
