@@ -13,7 +13,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from pushproxy import webpush
+from pushproxy import fleet, webpush
 from pushproxy.models import MonitorState, MonitorWorker, PushSubscription
 from pushproxy.services import monitors
 from tests.conftest import need_service
@@ -40,7 +40,11 @@ def test_run_push_monitor_refuses_to_start_in_the_wrong_process() -> None:
 @pytest.mark.services
 @pytest.mark.django_db(transaction=True)
 def test_sigterm_logs_every_session_out_and_pushes_reconnect(
-    client: Client, push_stack: Workers | None, push_service: PushService, tmp_path: Any
+    client: Client,
+    push_stack: Workers | None,
+    push_service: PushService,
+    tmp_path: Any,
+    settings: Any,
 ) -> None:
     if push_stack is None:
         need_service("Redis", "the monitor process needs REDIS_URL")
@@ -48,10 +52,14 @@ def test_sigterm_logs_every_session_out_and_pushes_reconnect(
     stub = ImapStub().start()
     worker_id = f"sigterm-{uuid.uuid4().hex[:6]}"
     log = tmp_path / "monitor.log"
-    process = start_monitor(worker_id, monitor_environment(), log)
+    # A fleet of its own, so that the account's shard can only be the new monitor's (in the
+    # shared fleet the session's monitor may hold it).
+    prefix = f"test-{worker_id}:"
+    settings.PUSHPROXY_FLEET_PREFIX = prefix
+    process = start_monitor(worker_id, monitor_environment(PUSHPROXY_FLEET_PREFIX=prefix), log)
     try:
         _wait_for_line(log, "ready.", process, timeout=60)
-        # Only the new monitor is alive, so the subscription lands there.
+        # Only the new monitor is alive, also for routing's database fallback.
         MonitorWorker.objects.exclude(worker_id=worker_id).update(state=MonitorState.STOPPED)
         body = {
             "imap": {
@@ -87,5 +95,9 @@ def test_sigterm_logs_every_session_out_and_pushes_reconnect(
     finally:
         if process.poll() is None:
             process.kill()
+        process.wait(10)
         stub.stop()
         monitors.register(push_stack.worker_id)
+        redis = fleet.client()
+        for key in redis.scan_iter(f"{prefix}*"):
+            redis.delete(key)
