@@ -63,6 +63,10 @@ def reap_monitors() -> dict[str, int]:
     # 5 min between tries, 8 tries (about 10 minutes); 429 retries after its Retry-After.
     max_retries=8,
     acks_late=True,
+    # Nobody reads a push's result (a sent push is recorded on the subscription, a refused
+    # one logged). Kept, every push was a GET + SET + PUBLISH in Redis, and its sender (a
+    # session greenlet of the monitor) subscribed to the result's channel, never to read it.
+    ignore_result=True,
     soft_time_limit=45,
     time_limit=60,
 )

@@ -70,6 +70,13 @@ class Command(BaseCommand):
 
         from portal.celery import app
 
+        # One result backend for the whole process. Celery keeps one per thread by default,
+        # and under gevent a thread is a greenlet: every `watch` built a backend with its
+        # own Redis client and connection (a third of the login's CPU, and a connection
+        # per greenlet until the collector found it). This process only stores results
+        # (it never waits on one), which redis-py's pooled client does safely from any
+        # greenlet (docs/benchmarks.md, "Push fleet path").
+        app.conf.result_backend_thread_safe = True
         worker_id: str = options["worker_id"]
         queue = monitors.queue_name(worker_id)
         _share_database_connections(options["concurrency"] + 5)
