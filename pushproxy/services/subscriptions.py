@@ -398,31 +398,41 @@ def stop_session(sub: PushSubscription) -> None:
 # --- monitor side ---------------------------------------------------------------------------
 
 
-def record_active(*, public_id: str, generation: int, mode: str) -> str:
+def record_active(
+    *, public_id: str, generation: int, account_key: str, client_id: str, mode: str
+) -> str:
     """The login succeeded: "active" (older subscriptions of the slot are now replaced),
-    "superseded" (a newer one is active already) or "gone" (deleted while logging in)."""
+    "superseded" (a newer one is active already) or "gone" (deleted while logging in, or
+    the row is not of this slot).
+
+    Two UPDATEs in one transaction, on every login of a monitor (its hottest write): the
+    older live rows of the slot first (the one-active-per-client index is checked row by
+    row), then this row if it is still pending; if it is not, the first is rolled back.
+    """
     try:
         with transaction.atomic():
-            sub = PushSubscription.objects.select_for_update().get(
-                pk=generation, public_id=public_id
+            now = timezone.now()
+            PushSubscription.objects.for_slot(account_key, client_id).filter(
+                pk__lt=generation, status__in=LIVE
+            ).update(status=Status.REPLACED, error="replaced", ended_at=now)
+            activated = (
+                PushSubscription.objects.for_slot(account_key, client_id)
+                .filter(pk=generation, public_id=public_id, status=Status.PENDING)
+                .update(status=Status.ACTIVE, mode=mode, error="", activated_at=now)
             )
-            if sub.status != Status.PENDING:
-                return "gone"
-            PushSubscription.objects.for_slot(sub.account_key, sub.client_id).filter(
-                pk__lt=sub.pk, status__in=LIVE
-            ).update(status=Status.REPLACED, error="replaced", ended_at=timezone.now())
-            sub.status = Status.ACTIVE
-            sub.mode = mode
-            sub.error = ""
-            sub.activated_at = timezone.now()
-            sub.save(update_fields=["status", "mode", "error", "activated_at"])
-    except PushSubscription.DoesNotExist:
+            if not activated:
+                raise _NotPending()
+    except _NotPending:
         return "gone"
     except IntegrityError:
         # push_one_active_per_client: a newer subscription of the slot is active already.
         record_failure(public_id=public_id, generation=generation, code="superseded")
         return "superseded"
     return "active"
+
+
+class _NotPending(Exception):
+    """record_active: the row left `pending` (or never was this slot's): undo, "gone"."""
 
 
 def record_failure(*, public_id: str, generation: int, code: str) -> None:

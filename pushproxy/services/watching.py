@@ -119,7 +119,13 @@ def _watch(
         del password
 
     mode = "idle" if session.idle else "poll"
-    recorded = subscriptions.record_active(public_id=subscription, generation=generation, mode=mode)
+    recorded = subscriptions.record_active(
+        public_id=subscription,
+        generation=generation,
+        account_key=account_key,
+        client_id=client_id,
+        mode=mode,
+    )
     if recorded != "active":
         session.logout(2.0)
         return Outcome("gone" if recorded == "gone" else "failed", recorded)
