@@ -157,16 +157,23 @@ def resolve(host: str, port: int) -> list[Address]:
     name = host.strip().strip("[]")
     if not name:
         raise UnresolvableHost()
-    try:
-        infos = _resolver()(name, port, 0, socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError, ValueError):
-        raise UnresolvableHost(f"{host} does not resolve.") from None
     addresses: list[Address] = []
-    for info in infos:
-        raw = str(info[4][0]).split("%", 1)[0]  # drop an IPv6 zone id
-        address = ipaddress.ip_address(raw)
-        if address not in addresses:
-            addresses.append(address)
+    literal = _literal(name)
+    if literal is not None:
+        # No resolver call (under gevent, getaddrinfo even of a literal is a trip through
+        # its thread pool). Legacy forms (127.1, 0x7f000001) are not literals here: the
+        # resolver reads them as the C library does, and the checks below see the result.
+        addresses.append(literal)
+    else:
+        try:
+            infos = _resolver()(name, port, 0, socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError, ValueError):
+            raise UnresolvableHost(f"{host} does not resolve.") from None
+        for info in infos:
+            raw = str(info[4][0]).split("%", 1)[0]  # drop an IPv6 zone id
+            address = ipaddress.ip_address(raw)
+            if address not in addresses:
+                addresses.append(address)
     if not addresses:
         raise UnresolvableHost(f"{host} does not resolve.")
     for address in addresses:
@@ -176,6 +183,17 @@ def resolve(host: str, port: int) -> list[Address]:
                 f"{_printable(host)} resolves to a {reason} address.", address=str(address)
             )
     return addresses
+
+
+def _literal(name: str) -> Address | None:
+    """`name` as an address if it is one in standard notation (dotted quad, IPv6 without a
+    zone id), else None."""
+    if "%" in name:
+        return None
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
 
 
 def check_port(addresses: Iterable[Address], port: int, allowed: frozenset[int]) -> None:

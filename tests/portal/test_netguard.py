@@ -128,6 +128,29 @@ def test_unresolvable_names_are_their_own_error() -> None:
 
 
 @pytest.mark.parametrize(
+    ("host", "asked"),
+    [
+        (PUBLIC, False),
+        ("[2001:db8::1]", False),  # documentation range: refused, never resolved
+        ("127.0.0.1", False),
+        ("127.1", True),  # a legacy form goes to the resolver, which reads it as 127.0.0.1
+        ("0x7f000001", True),
+    ],
+)
+def test_literal_addresses_are_checked_without_the_resolver(host: str, asked: bool) -> None:
+    name = host.strip("[]")
+    try:
+        addresses = netguard.resolve(host, 993)
+    except netguard.EgressRefused:
+        addresses = []
+    else:
+        assert addresses == [ipaddress.ip_address(name)]
+    assert (name in resolver.ASKED) is asked
+    if host != PUBLIC:
+        assert addresses == []  # every other one is refused
+
+
+@pytest.mark.parametrize(
     ("address", "reason"),
     [
         ("2002:7f00:1::", "loopback"),
