@@ -38,6 +38,41 @@ def test_run_push_monitor_refuses_to_start_in_the_wrong_process() -> None:
 
 
 @pytest.mark.services
+@pytest.mark.parametrize("monitor_queue", [True, False])
+def test_the_monitor_takes_its_commands_without_unacked_bookkeeping(
+    redis_client: Any, monitor_queue: bool
+) -> None:
+    """What `run_push_monitor` does to idle.<id>: a command it has received (not yet acked)
+    leaves no entry in kombu's unacked index. An ordinary queue (False) shows the entry."""
+    from portal.celery import app
+    from pushproxy.management.commands.run_push_monitor import _consume_without_acks
+
+    queue = f"idle.test-{uuid.uuid4().hex[:12]}"
+    if monitor_queue:
+        _consume_without_acks(app, queue)
+
+    def entries() -> list[bytes]:
+        return [raw for raw in redis_client.hvals("unacked") if queue.encode() in raw]
+
+    received: list[Any] = []
+    with app.connection_for_read() as connection:
+        app.send_task("pushproxy.stop", kwargs={"subscription": "none"}, queue=queue)
+        consumer = app.amqp.TaskConsumer(
+            connection,
+            queues=[app.amqp.queues[queue]],
+            callbacks=[lambda _body, message: received.append(message)],
+        )
+        with consumer:
+            connection.drain_events(timeout=5)
+            assert len(received) == 1
+            assert received[0].delivery_info["routing_key"] == queue
+            assert bool(entries()) is not monitor_queue
+            received[0].ack()
+    assert entries() == []
+    assert redis_client.llen(queue) == 0
+
+
+@pytest.mark.services
 @pytest.mark.django_db(transaction=True)
 def test_sigterm_logs_every_session_out_and_pushes_reconnect(
     client: Client,

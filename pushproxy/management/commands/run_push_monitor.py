@@ -79,6 +79,7 @@ class Command(BaseCommand):
         app.conf.result_backend_thread_safe = True
         worker_id: str = options["worker_id"]
         queue = monitors.queue_name(worker_id)
+        _consume_without_acks(app, queue)
         _share_database_connections(options["concurrency"] + 5)
         monitors.register(worker_id)
         manager = monitor.get_manager()
@@ -190,6 +191,23 @@ class Command(BaseCommand):
         )
         if self._freezer.after(manager.count()):
             self.stdout.write(f"{manager.count()} sessions: heap frozen (gc.freeze)")
+
+
+def _consume_without_acks(app: Any, queue: str) -> None:
+    """Take commands off idle.<id> without kombu's unacked bookkeeping in Redis (its
+    visibility index: a HSET and a ZADD per message on receipt; Celery's ack still sends
+    its HDEL and ZREM, which then find nothing).
+
+    That bookkeeping exists to hand an unfinished message to another consumer; this queue
+    has none. Its commands act on this process's sessions: a `watch` carries a password
+    sealed for 30 s, and `stop` or `drain` for sessions that died with the process. A
+    redelivered message could only fail later (docs/push.md, "Processes").
+    """
+    from kombu import Exchange, Queue
+
+    app.amqp.queues.add(
+        Queue(queue, Exchange(queue, type="direct"), routing_key=queue, no_ack=True)
+    )
 
 
 def _share_database_connections(size: int) -> None:
