@@ -7,6 +7,7 @@ import json
 import signal
 import time
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -42,34 +43,48 @@ def test_run_push_monitor_refuses_to_start_in_the_wrong_process() -> None:
 def test_the_monitor_takes_its_commands_without_unacked_bookkeeping(
     redis_client: Any, monitor_queue: bool
 ) -> None:
-    """What `run_push_monitor` does to idle.<id>: a command it has received (not yet acked)
-    leaves no entry in kombu's unacked index. An ordinary queue (False) shows the entry."""
-    from portal.celery import app
-    from pushproxy.management.commands.run_push_monitor import _consume_without_acks
+    """What `run_push_monitor` does to idle.<id> (through the Worker's own queue selection,
+    against the real Redis): a command received and not yet acked leaves no entry in kombu's
+    unacked index, and its ack leaves nothing behind, in Redis or in the channel. An ordinary
+    queue (False) shows the entry, and acks kept in the channel without AcksIgnored."""
+    from celery import Celery
+    from django.conf import settings
 
+    from pushproxy.management.commands.run_push_monitor import (
+        AcksIgnored,
+        _consume_without_acks,
+    )
+
+    app = Celery("acks-test", broker=settings.CELERY_BROKER_URL, set_as_current=False)
     queue = f"idle.test-{uuid.uuid4().hex[:12]}"
     if monitor_queue:
         _consume_without_acks(app, queue)
+        assert AcksIgnored in app.steps["consumer"]
+    app.amqp.queues.select([queue])  # what Celery's Worker does with queues=[queue]
 
     def entries() -> list[bytes]:
         return [raw for raw in redis_client.hvals("unacked") if queue.encode() in raw]
 
     received: list[Any] = []
-    with app.connection_for_read() as connection:
-        app.send_task("pushproxy.stop", kwargs={"subscription": "none"}, queue=queue)
-        consumer = app.amqp.TaskConsumer(
-            connection,
-            queues=[app.amqp.queues[queue]],
-            callbacks=[lambda _body, message: received.append(message)],
-        )
-        with consumer:
-            connection.drain_events(timeout=5)
-            assert len(received) == 1
-            assert received[0].delivery_info["routing_key"] == queue
-            assert bool(entries()) is not monitor_queue
-            received[0].ack()
-    assert entries() == []
-    assert redis_client.llen(queue) == 0
+    try:
+        with app.connection_for_read() as connection:
+            app.send_task("pushproxy.stop", kwargs={"subscription": "none"}, queue=queue)
+            consumer = app.amqp.TaskConsumer(
+                connection, callbacks=[lambda _body, message: received.append(message)]
+            )
+            with consumer:
+                if monitor_queue:
+                    AcksIgnored(SimpleNamespace()).start(SimpleNamespace(task_consumer=consumer))
+                connection.drain_events(timeout=5)
+                assert len(received) == 1
+                assert received[0].delivery_info["routing_key"] == queue
+                assert bool(entries()) is not monitor_queue
+                received[0].ack()
+                assert entries() == []
+                assert bool(consumer.channel.qos._dirty) is not monitor_queue
+        assert redis_client.llen(queue) == 0
+    finally:
+        redis_client.delete(*redis_client.keys(f"_kombu.binding*.{queue}"), queue)
 
 
 @pytest.mark.services

@@ -25,6 +25,7 @@ import socket
 from collections import Counter
 from typing import Any
 
+from celery import bootsteps
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections
@@ -75,7 +76,9 @@ class Command(BaseCommand):
         # own Redis client and connection (a third of the login's CPU, and a connection
         # per greenlet until the collector found it). This process only stores results
         # (it never waits on one), which redis-py's pooled client does safely from any
-        # greenlet (docs/benchmarks.md, "Push fleet path").
+        # greenlet (docs/benchmarks.md, "Push fleet path"). What sessions send from here
+        # must keep ignoring its result (`deliver_push` does): a task sent with a result
+        # subscribes to it through the backend's one PubSub, which is not greenlet-safe.
         app.conf.result_backend_thread_safe = True
         worker_id: str = options["worker_id"]
         queue = monitors.queue_name(worker_id)
@@ -195,19 +198,47 @@ class Command(BaseCommand):
 
 def _consume_without_acks(app: Any, queue: str) -> None:
     """Take commands off idle.<id> without kombu's unacked bookkeeping in Redis (its
-    visibility index: a HSET and a ZADD per message on receipt; Celery's ack still sends
-    its HDEL and ZREM, which then find nothing).
+    visibility index: a HSET and a ZADD per message on receipt, a HDEL and a ZREM on ack).
 
     That bookkeeping exists to hand an unfinished message to another consumer; this queue
     has none. Its commands act on this process's sessions: a `watch` carries a password
     sealed for 30 s, and `stop` or `drain` for sessions that died with the process. A
     redelivered message could only fail later (docs/push.md, "Processes").
+
+    No prefetch limit applies to no_ack messages: the consumer takes the next command and
+    waits in the gevent pool's spawn until a slot frees, so one command at most has left
+    Redis without running yet (a `watch` among them may find its seal expired: its login
+    fails as `push_unavailable`, as it would have in the queue).
     """
     from kombu import Exchange, Queue
 
     app.amqp.queues.add(
         Queue(queue, Exchange(queue, type="direct"), routing_key=queue, no_ack=True)
     )
+    app.steps["consumer"].add(AcksIgnored)
+
+
+class AcksIgnored(bootsteps.StartStopStep):
+    """After every (re)start of Celery's task consumer: its channel forgets acks and
+    rejects. Celery acks every message, but kombu's Redis channel skips the ack of a no_ack
+    message only for transports that name their no_ack consumers (Redis does not): each ack
+    sent a HDEL and a ZREM that found nothing and kept the tag in the channel's acked set,
+    which only an acked message's successor empties (a tag per command, for the process's
+    life). The monitor's task channel carries idle.<id> alone, all no_ack."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def start(self, parent: Any) -> None:
+        forget_acks(parent.task_consumer.channel)
+
+
+def forget_acks(channel: Any) -> None:
+    qos = channel.qos
+    qos.ack = qos.reject = _ignored
+
+
+def _ignored(*_args: Any, **_kwargs: Any) -> None:
+    return None
 
 
 def _share_database_connections(size: int) -> None:
