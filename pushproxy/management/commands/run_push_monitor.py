@@ -229,12 +229,8 @@ class AcksIgnored(bootsteps.StartStopStep):
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
     def start(self, parent: Any) -> None:
-        forget_acks(parent.task_consumer.channel)
-
-
-def forget_acks(channel: Any) -> None:
-    qos = channel.qos
-    qos.ack = qos.reject = _ignored
+        qos = parent.task_consumer.channel.qos
+        qos.ack = qos.reject = _ignored
 
 
 def _ignored(*_args: Any, **_kwargs: Any) -> None:

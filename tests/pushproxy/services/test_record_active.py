@@ -14,12 +14,13 @@ from pushproxy.services import subscriptions
 pytestmark = pytest.mark.django_db
 
 
-def _row(make_subscription: Callable[..., Any], status: str) -> Any:
+def _row(make_subscription: Callable[..., Any], status: str, **extra: str) -> Any:
     return make_subscription(
         new_mail="https://push.example/new",
         reconnect="https://push.example/reconnect",
         status=status,
         mode="" if status == Status.PENDING else "idle",
+        **extra,
     )
 
 
@@ -40,11 +41,7 @@ def test_record_active_activates_the_login_and_replaces_the_older_ones_of_its_sl
 ) -> None:
     older = _row(make_subscription, Status.ACTIVE)
     older_pending = _row(make_subscription, Status.PENDING)
-    other_client = make_subscription(
-        new_mail="https://push.example/new",
-        reconnect="https://push.example/reconnect",
-        client_id="tablet",
-    )
+    other_client = _row(make_subscription, Status.ACTIVE, client_id="tablet")
     login = _row(make_subscription, Status.PENDING)
 
     assert _activate(login) == "active"
